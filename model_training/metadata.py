@@ -1,0 +1,80 @@
+"""Model metadata (the sidecar ``<model>.json``) and atomic file writes.
+
+The app needs nothing but the ``.h5`` and this sidecar to serve a model: input size,
+class order, preprocessing mode and decision threshold all live here, so they can never
+drift from what training used. Nothing in this module imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+CLASS_NAMES = ("Covid", "Normal")  # index 0 = Covid, index 1 = Normal; fixed, never inferred
+POSITIVE_CLASS = "Covid"
+DEFAULT_THRESHOLD = 0.5
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def sha256_file(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | Path):
+    """Yield a temporary path beside ``final_path``; rename it into place only on success.
+
+    A crash or exception mid-write leaves the previous file (or nothing) at
+    ``final_path``, never a truncated one.
+    """
+    final_path = Path(final_path)
+    final_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{final_path.stem}.", suffix=".tmp" + final_path.suffix, dir=final_path.parent
+    )
+    os.close(fd)
+    os.chmod(tmp_name, 0o644)  # mkstemp makes 0600, which would hide the file from other users
+    try:
+        yield Path(tmp_name)
+        os.replace(tmp_name, final_path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+
+
+def write_json_atomic(path: str | Path, payload: dict) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def read_metadata(model_path: str | Path) -> dict:
+    path = sidecar_path(model_path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"Model metadata {path} not found next to {model_path}; "
+            "train with model_training.train, which writes it."
+        )
+    return json.loads(path.read_text())
+
+
+def update_metadata(model_path: str | Path, **changes) -> dict:
+    meta = read_metadata(model_path)
+    meta.update(changes)
+    write_json_atomic(sidecar_path(model_path), meta)
+    return meta
+
+
+def model_name(model_path: str | Path) -> str:
+    return Path(model_path).stem
