@@ -165,7 +165,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     plots.confusion_matrix_png(np.array(metrics["confusion_matrix"]), CLASS_NAMES, out / "confusion_matrix.png")
     plots.roc_curve_png(y_covid, p_covid, headline["roc_auc"], threshold, out / "roc_curve.png")
     if meta.get("history"):
-        plots.training_curves_png(meta["history"], out / "training_curves.png")
+        history, boundaries = full_history(meta)
+        plots.training_curves_png(history, out / "training_curves.png", stage_starts=boundaries)
     if args.explain_samples:
         from .explain import save_explain_grid
 
@@ -175,6 +176,22 @@ def evaluate(args: argparse.Namespace) -> dict:
 
     _print_summary(metrics, out)
     return metrics
+
+
+def full_history(meta: dict) -> tuple[dict, list[int]]:
+    """Histories of every training stage (``--init-from`` chains), oldest first, concatenated."""
+    stages = []
+    while meta:
+        stages.append(meta.get("history") or {})
+        meta = meta.get("init_from")
+    stages.reverse()
+    keys = set().union(*stages)
+    history = {k: [v for stage in stages for v in stage.get(k, [float("nan")] * len(stage.get("loss", [])))] for k in keys}
+    starts, total = [], 0
+    for stage in stages[:-1]:
+        total += len(stage.get("loss", []))
+        starts.append(total)
+    return history, starts
 
 
 def per_source(sources, labels, y_covid, p_covid, pred_idx, threshold) -> dict:

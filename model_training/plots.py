@@ -48,7 +48,8 @@ def roc_curve_png(y_covid, p_covid, auc: float, threshold: float, path: Path) ->
     _save(fig, path)
 
 
-def training_curves_png(history: dict, path: Path) -> None:
+def training_curves_png(history: dict, path: Path, stage_starts=()) -> None:
+    """Loss and accuracy/AUC per epoch; dotted lines mark where a new stage (--init-from) began."""
     epochs = np.arange(1, len(history.get("loss", [])) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for key, style in (("loss", "-"), ("val_loss", "--")):
@@ -60,6 +61,8 @@ def training_curves_png(history: dict, path: Path) -> None:
             axes[1].plot(epochs, history[key], style, marker="o", label=key)
     axes[1].set_title("accuracy and ROC AUC")
     for ax in axes:
+        for start in stage_starts:
+            ax.axvline(start + 0.5, color="grey", linestyle=":")
         ax.set_xlabel("epoch")
         ax.legend()
     _save(fig, path)
