@@ -41,7 +41,9 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.update(settings)
     app.config.update(
         MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_MB"] * 1024 * 1024),
-        MAX_FORM_MEMORY_SIZE=64 * 1024,  # non-file fields (the API key) only
+        # Non-file fields (the API key). Werkzeug also applies it to each 64 KB parser
+        # buffer, so it must stay well above that or every file upload gets 413.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
         MAX_FORM_PARTS=16,
         DEBUG=False,
         PROPAGATE_EXCEPTIONS=False,
