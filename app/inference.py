@@ -22,12 +22,19 @@ Environment (read when a predictor is loaded):
                                         is a chain: 1 avoids idle thread pools)
 ``INFERENCE_SPIN``             0        ONNX Runtime threads spin-wait for work (1) or sleep
                                         (0): spinning burns the core another worker needs
+``INFERENCE_CONCURRENCY``      1        forward passes one process runs at once; the others
+                                        wait their turn instead of splitting the cores
 =============================  =======  ==================================================
+
+Why these defaults: one forward pass already spreads over every core, so two passes at once
+in one process only fight over the same cores (and caches) and both finish later. Gunicorn
+threads still decode and preprocess in parallel while a pass runs.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +72,7 @@ class ThreadSettings:
     intra_op: int
     inter_op: int
     spin: bool
+    concurrency: int = 1
 
     @classmethod
     def from_env(cls, environ=os.environ) -> "ThreadSettings":
@@ -73,6 +81,7 @@ class ThreadSettings:
             intra_op=intra if intra > 0 else usable_cores(),
             inter_op=max(1, _env_int(environ, "INFERENCE_INTER_OP_THREADS", 1)),
             spin=environ.get("INFERENCE_SPIN", "0").strip().lower() in ("1", "true", "yes"),
+            concurrency=max(1, _env_int(environ, "INFERENCE_CONCURRENCY", 1)),
         )
 
 
@@ -111,6 +120,7 @@ class Predictor:
         if self.class_names != CLASS_NAMES:
             raise ValueError(f"{model_path}: class order {self.class_names} differs from {CLASS_NAMES}")
         self._head_weights: tuple[np.ndarray, np.ndarray] | None = None
+        self._gate = threading.BoundedSemaphore(self.threads.concurrency)
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 2) for a preprocessed float32 batch (N, S, S, 3)."""
@@ -138,10 +148,17 @@ class Predictor:
         return load_image_bytes(data, self.input_size)
 
     def predict_array(self, image: np.ndarray) -> Prediction:
-        started = time.perf_counter()
-        probs = self.forward(image[np.newaxis].astype(np.float32, copy=False))[0]
-        elapsed = (time.perf_counter() - started) * 1000
+        """The request path's inference: one gated forward pass (time spent waiting excluded)."""
+        batch = image[np.newaxis].astype(np.float32, copy=False)
+        with self._gate:
+            started = time.perf_counter()
+            probs = self.forward(batch)[0]
+            elapsed = (time.perf_counter() - started) * 1000
         return self.prediction_from(probs, elapsed)
+
+    def gated(self):
+        """The per-process inference gate, for other callers of ``forward_features`` (Grad-CAM)."""
+        return self._gate
 
     def prediction_from(self, probs: np.ndarray, inference_ms: float) -> Prediction:
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs)}

@@ -102,9 +102,10 @@ def test_onnx_backend_never_imports_tensorflow(tiny_onnx_model, sample_xrays):
 
 
 def test_thread_settings_from_environment():
-    assert ThreadSettings.from_env({}) == ThreadSettings(len(os.sched_getaffinity(0)), 1, False)
-    env = {"INFERENCE_INTRA_OP_THREADS": "1", "INFERENCE_INTER_OP_THREADS": "2", "INFERENCE_SPIN": "1"}
-    assert ThreadSettings.from_env(env) == ThreadSettings(1, 2, True)
+    assert ThreadSettings.from_env({}) == ThreadSettings(len(os.sched_getaffinity(0)), 1, False, 1)
+    env = {"INFERENCE_INTRA_OP_THREADS": "1", "INFERENCE_INTER_OP_THREADS": "2", "INFERENCE_SPIN": "1",
+           "INFERENCE_CONCURRENCY": "2"}
+    assert ThreadSettings.from_env(env) == ThreadSettings(1, 2, True, 2)
     with pytest.raises(ValueError, match="INFERENCE_INTRA_OP_THREADS"):
         ThreadSettings.from_env({"INFERENCE_INTRA_OP_THREADS": "two"})
 
