@@ -37,6 +37,10 @@ model-runtime: venv
 		|| echo "warning: ONNX export failed; the app will serve $(MODEL_PATH) with TensorFlow"; \
 	else echo "warning: $(MODEL_PATH) not found (train one: make train)"; fi
 
+# Serving benchmark (issue 5): one run, same machine; writes bench/results.json + RESULTS.md.
+bench: dev model-runtime
+	$(PY) bench/serving.py
+
 test: dev
 	$(PY) -m pytest
 
