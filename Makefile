@@ -6,7 +6,7 @@ PORT ?= 8080
 MODEL_PATH ?= models/covid_resnet50.h5
 export PORT MODEL_PATH
 
-.PHONY: venv dev run test train evaluate clean export model-runtime bench
+.PHONY: venv dev run test train evaluate clean export model-runtime bench verification-images
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ run: venv model-runtime
 # (one sha256) when <model>.onnx is current. The app serves it when INFERENCE_BACKEND=auto.
 export: venv
 	$(PY) -m model_training.export --model $(MODEL_PATH) --if-missing
+
+# Two real test X-rays per class, shipped beside the model (models/verification/): the
+# Docker build verifies its ONNX export on them, where the data set is not available.
+DATA_DIR ?= ../shared/data/cxr
+verification-images:
+	mkdir -p models/verification
+	for c in covid normal; do ls $(DATA_DIR)/test/$$c/*.jpg | sort | head -2 | xargs -I{} cp {} models/verification/; done
 
 # Before `make run`: build the export when a model is there; if that fails, the app still
 # serves the .h5 with TensorFlow.

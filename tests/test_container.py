@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deploy_support import ROOT, context_files, copy_sources, dockerfile, env_defaults
+from tests.deploy_support import ROOT, context_files, copy_sources, dockerfile, env_defaults
 
 pytestmark = pytest.mark.slow
 SHIPPED_MODEL = ROOT / "models" / "covid_resnet50.h5"

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy_support import (
+from tests.deploy_support import (
     ROOT, context_files, copy_sources, dockerfile, dockerignore_patterns, env_defaults, ignored,
     makefile_run_command,
 )
