@@ -342,9 +342,14 @@ def _r(value):
     return None if value is None else round(value, 2)
 
 
+LAYOUT_KEYS = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "INFERENCE_INTRA_OP_THREADS", "INFERENCE_CONCURRENCY")
+# The alternative layout the issue measured best for throughput: two single-threaded workers.
+ALT_LAYOUT = {"WEB_CONCURRENCY": "2", "INFERENCE_INTRA_OP_THREADS": "1"}
+
+
 def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, levels=(1, 4, 16),
-               ready_timeout: float = 180) -> dict:
-    with Server(model, backend) as server:
+               ready_timeout: float = 180, extra_env: dict[str, str] | None = None) -> dict:
+    with Server(model, backend, extra_env) as server:
         ready_s = server.start(ready_timeout)
         info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
         served_by = (info.get("model") or {}).get("backend")
@@ -355,8 +360,7 @@ def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, 
         return {
             "backend": served_by,
             "command": " ".join(["gunicorn", *server.command()[1:]]),
-            "layout": {k: os.environ.get(k) for k in ("WEB_CONCURRENCY", "GUNICORN_THREADS",
-                                                       "INFERENCE_INTRA_OP_THREADS", "INFERENCE_CONCURRENCY")},
+            "layout": {k: server.env.get(k, "default") for k in LAYOUT_KEYS},
             "ready_s": round(ready_s, 2),
             "workers": len(server.worker_peak_rss),
             "worker_peak_rss_mb": round(max(server.worker_peak_rss.values(), default=0.0), 1),
@@ -436,6 +440,13 @@ def table(results: dict) -> str:
                              f"{r['throughput_rps']:.1f} req/s, {r['p95_ms']:.0f} ms ({r['errors']} errors)"))
         rows.append((f"HTTP {backend} ready (/readyz 200), worker peak RSS",
                      f"{h['ready_s']:.1f} s, {h['worker_peak_rss_mb']:.0f} MB x {h['workers']} worker(s)"))
+    alt = results.get("http_alt_layout")
+    if alt:
+        name = ", ".join(f"{k}={v}" for k, v in ALT_LAYOUT.items())
+        rows.append((f"HTTP onnx, {name}: c=1 p50", f"{alt['c1']['p50_ms']:.1f} ms ({alt['c1']['errors']} errors)"))
+        rows.append((f"HTTP onnx, {name}: c=16 throughput, p95",
+                     f"{alt['c16']['throughput_rps']:.1f} req/s, {alt['c16']['p95_ms']:.0f} ms "
+                     f"({alt['c16']['errors']} errors), {alt['worker_peak_rss_mb']:.0f} MB x {alt['workers']}"))
     for key, value in results["ratios"].items():
         rows.append((key.replace("_", " "), f"{value}"))
     width = max(len(r[0]) for r in rows)
@@ -511,6 +522,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gflops-per-core", type=float, default=PEAK_GFLOPS_PER_CORE, help="peak float32 GFLOP/s per core")
     p.add_argument("--out-dir", default=None, help="where results.json and RESULTS.md go (default bench/; "
                    "--quick: a temporary folder)")
+    p.add_argument("--no-alt-layout", action="store_true",
+                   help=f"skip the comparison with the alternative gunicorn layout {ALT_LAYOUT}")
     p.add_argument("--quick", action="store_true", help="seconds, for CI: ONNX only, 1 s per level, 2 images")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -568,6 +581,10 @@ def main(argv=None) -> int:
     for backend in backends:
         log(f"[3,5] gunicorn as `make run`, {backend}: ready time, c=1/4/16 for {args.seconds:g} s each ...")
         results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds)
+    if not args.quick and "onnx" in backends and not args.no_alt_layout:
+        log(f"[3] alternative layout {ALT_LAYOUT}, onnx: c=1 and c=16 ...")
+        results["http_alt_layout"] = http_bench(str(model), "onnx", payloads, args.seconds, levels=(1, 16),
+                                                extra_env=ALT_LAYOUT)
     results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     results["ratios"] = ratios(results)
     results["targets"] = check_targets(results)
