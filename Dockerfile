@@ -31,7 +31,8 @@ COPY gunicorn.conf.py ./
 COPY models/ models/
 
 # Build the verified ONNX Runtime export into the image, so a container serves the fast
-# backend and is ready in seconds without importing TensorFlow.
+# backend and is ready in seconds without importing TensorFlow. A valid export from the
+# build context (make export) is kept as is; converting needs ~6.5 GB of builder memory.
 RUN python -m model_training.export --model "$MODEL_PATH" --data-dir models/verification --if-missing
 
 # Never run as root; the app only reads its files (owned by root, world-readable).

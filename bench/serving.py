@@ -90,9 +90,11 @@ def rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6  # ru_maxrss is in KiB on Linux
+    """This process's high-water RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return rss_mb()
 
 
 def sample_images(data_dir: Path, count: int) -> list[Path]:
@@ -288,35 +290,55 @@ class Server:
         self.stop()
 
 
-def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
-    """Closed loop: ``concurrency`` clients post X-rays back to back for ``seconds``."""
-    import requests
+def multipart(data: bytes, boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
+    """The body a browser or ``curl -F file=@x.jpg`` sends, encoded once up front."""
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"xray.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
 
+
+def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
+    """Closed loop: ``concurrency`` clients post X-rays back to back for ``seconds``.
+
+    Clients use keep-alive ``http.client`` connections and pre-encoded bodies, so the
+    client's own CPU (it shares the cores with the server) stays out of the latency.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    bodies = [multipart(p) for p in payloads]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def client(index: int) -> None:
-        session = requests.Session()
+        connection = http.client.HTTPConnection(host, port, timeout=120)
         i = index
         while time.perf_counter() < deadline:
-            data = payloads[i % len(payloads)]
+            body, content_type = bodies[i % len(bodies)]
             i += 1
             t0 = time.perf_counter()
             try:
-                response = session.post(url + "/predict", files={"file": ("xray.jpg", data, "image/jpeg")},
-                                        timeout=120)
-                ok = response.status_code == 200 and "probabilities" in response.json()
-                key = "200" if ok else str(response.status_code)
-            except requests.RequestException as exc:
+                connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+                response = connection.getresponse()
+                payload = response.read()
+                ok = response.status == 200 and b'"probabilities"' in payload
+                key = "200" if ok else str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+            except (OSError, http.client.HTTPException) as exc:
                 key = exc.__class__.__name__
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=120)
             elapsed = (time.perf_counter() - t0) * 1000
             with lock:
                 if key == "200":
                     latencies.append(elapsed)
                 else:
                     errors[key] = errors.get(key, 0) + 1
+        connection.close()
 
     started = time.perf_counter()
     threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
@@ -353,8 +375,7 @@ def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, 
         ready_s = server.start(ready_timeout)
         info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
         served_by = (info.get("model") or {}).get("backend")
-        for data in payloads[:2]:  # one request per worker thread path, so nothing is cold
-            __import__("requests").post(server.url + "/predict", files={"file": ("x.jpg", data, "image/jpeg")})
+        load(server.url, payloads, 2, 1.0)  # warm every path (and both workers' first requests)
         runs = {f"c{c}": load(server.url, payloads, c, seconds) for c in levels}
         server.stop()
         return {
@@ -458,8 +479,9 @@ def markdown(results: dict) -> str:
     lines = [
         "# Serving benchmark",
         "",
-        f"One run of `{results['command']}` on {results['created']}. The machine is shared and noisy "
-        "(another process was training a model during the run): compare figures within this run, never across runs.",
+        f"One run of `{results['command']}` on {results['created']}. The machine is shared (model trainings "
+        "and other developers' test runs may run at the same time, see the load average) and noisy: compare figures "
+        "within this run, never across runs.",
         "",
         f"- Machine: {m.get('cpu')} (family/model {m.get('cpu_family_model', '?')}), {m['cores']} usable cores, "
         f"SIMD {', '.join(m.get('simd', []))}, {m.get('memory_gb', '?')} GB RAM; {m['platform']}",
@@ -468,7 +490,7 @@ def markdown(results: dict) -> str:
         f"- Versions: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         f"- Model: `{results['model']['path']}` ({results['model']['input_size']} px; {results['model']['origin']})",
         f"- Images: {results['images']} real X-rays from the test split; HTTP runs {results['seconds']} s per level, "
-        "loopback, closed-loop clients posting multipart uploads",
+        "loopback, closed-loop keep-alive clients posting multipart uploads",
         f"- Compute floor: {RESNET50_GFLOP_224} GFLOP x ({results['model']['input_size']}/224)^2 / "
         f"({results['floor']['cores']} cores x {results['floor']['gflops_per_core']} GFLOP/s) = "
         f"{results['compute_floor_ms']:.1f} ms",

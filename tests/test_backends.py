@@ -102,7 +102,7 @@ def test_onnx_backend_never_imports_tensorflow(tiny_onnx_model, sample_xrays):
 
 
 def test_thread_settings_from_environment():
-    assert ThreadSettings.from_env({}) == ThreadSettings(len(os.sched_getaffinity(0)), 1, False, 1)
+    assert ThreadSettings.from_env({}) == ThreadSettings(len(os.sched_getaffinity(0)), 1, False, 0)
     env = {"INFERENCE_INTRA_OP_THREADS": "1", "INFERENCE_INTER_OP_THREADS": "2", "INFERENCE_SPIN": "1",
            "INFERENCE_CONCURRENCY": "2"}
     assert ThreadSettings.from_env(env) == ThreadSettings(1, 2, True, 2)
