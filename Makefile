@@ -34,7 +34,7 @@ export: venv
 DATA_DIR ?= ../shared/data/cxr
 verification-images:
 	mkdir -p models/verification
-	for c in covid normal; do ls $(DATA_DIR)/test/$$c/*.jpg | sort | head -2 | xargs -I{} cp {} models/verification/; done
+	for c in covid normal; do ls $(DATA_DIR)/test/$$c/*.jpg | sort | head -2 | xargs -I{} install -m 0644 {} models/verification/; done
 
 # Before `make run`: build the export when a model is there; if that fails, the app still
 # serves the .h5 with TensorFlow.
