@@ -488,7 +488,8 @@ def markdown(results: dict) -> str:
         f"- Load average (1/5/15 min) before: {results['load_average']['before']}, "
         f"after: {results['load_average']['after']}",
         f"- Versions: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-        f"- Model: `{results['model']['path']}` ({results['model']['input_size']} px; {results['model']['origin']})",
+        f"- Model: `{results['model']['path']}` ({results['model']['input_size']} px, sha256 "
+        f"{results['model']['sha256'][:12]}; {results['model']['origin']})",
         f"- Images: {results['images']} real X-rays from the test split; HTTP runs {results['seconds']} s per level, "
         "loopback, closed-loop keep-alive clients posting multipart uploads",
         f"- Compute floor: {RESNET50_GFLOP_224} GFLOP x ({results['model']['input_size']}/224)^2 / "
@@ -572,7 +573,7 @@ def main(argv=None) -> int:
     model = model.resolve()
 
     from model_training.export import ensure_export
-    from model_training.metadata import read_metadata
+    from model_training.metadata import read_metadata, sha256_file
 
     if "onnx" in backends:
         ensure_export(model, log=log)
@@ -587,7 +588,7 @@ def main(argv=None) -> int:
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": {"path": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
-                  "input_size": size, "origin": origin},
+                  "input_size": size, "origin": origin, "sha256": sha256_file(model)},
         "images": len(images),
         "seconds": args.seconds,
         "floor": {"gflop": round(RESNET50_GFLOP_224 * (size / 224) ** 2, 3), "cores": cores,
