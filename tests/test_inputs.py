@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import xray_inputs as X
+import tests.xray_inputs as xray_inputs as X
 from model_training.preprocessing import InputError, decode_image, load_image_bytes
-from web_support import cached_app
+from tests.web_support import cached_app
 
 SIZE = 64
 
