@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import tests.xray_inputs as xray_inputs as X
+import tests.xray_inputs as X
 from model_training.preprocessing import InputError, decode_image, load_image_bytes
 from tests.web_support import cached_app
 

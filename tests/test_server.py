@@ -20,7 +20,7 @@ import psutil
 import pytest
 import requests
 
-import tests.xray_inputs as xray_inputs as X
+import tests.xray_inputs as X
 from tests.web_support import ROOT, GunicornServer, cached_app
 
 pytestmark = pytest.mark.slow
