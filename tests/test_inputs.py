@@ -126,7 +126,7 @@ def test_missing_file_field_and_empty_body(client):
 
 
 def _seed_images() -> list[bytes]:
-    from conftest import DATA_DIR
+    from tests.conftest import DATA_DIR
 
     path = sorted((DATA_DIR / "test" / "normal").glob("*.jpg"))[0]
     small = X.gray_image(path).resize((48, 48))
