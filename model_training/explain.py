@@ -109,7 +109,7 @@ def overlay(gray: np.ndarray, heatmap: np.ndarray, *, opacity: float = DEFAULT_O
 
 def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=6)
+    image.save(buffer, format="PNG", compress_level=3)  # ~4x faster than 6, ~8% larger
     return buffer.getvalue()
 
 
