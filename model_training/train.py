@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from .data import BALANCE_MODES, DataError, list_split
-from .metadata import CLASS_NAMES, DEFAULT_THRESHOLD, atomic_path, sha256_file, sidecar_path, write_json_atomic
+from .metadata import (CLASS_NAMES, DEFAULT_THRESHOLD, atomic_path, read_metadata, sha256_file, sidecar_path,
+                       write_json_atomic)
 from .preprocessing import PREPROCESSING_MODE
 
 # Settings a resumed run may change; everything else comes from the checkpoint.
@@ -239,6 +240,7 @@ def train(args: argparse.Namespace) -> Path:
             "balance": args.balance,
         },
         "history": history,
+        "init_from": _previous_stage(args.init_from),
         "versions": _versions(),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -247,6 +249,18 @@ def train(args: argparse.Namespace) -> Path:
                                                 "stopped_early": stopped_early})
     _summary(meta, out, time.perf_counter() - started)
     return out
+
+
+def _previous_stage(init_from: str | None) -> dict | None:
+    """Keep the history of the model we started from, so reports show the whole training."""
+    if not init_from:
+        return None
+    try:
+        prev = read_metadata(init_from)
+    except FileNotFoundError:
+        return {"path": str(init_from)}
+    keep = ("name", "sha256", "input_size", "training", "history", "init_from")
+    return {"path": str(init_from), **{k: prev[k] for k in keep if k in prev}}
 
 
 def _read_json(path: Path) -> dict:

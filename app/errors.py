@@ -1,0 +1,104 @@
+"""One error format for the API and a friendly page for the browser form.
+
+API clients get ``{"error": {"code": ..., "message": ...}}`` with the matching status;
+the HTML form (``POST /``) and browser navigations get the same message in a page.
+Input errors come from the shared preprocessing (``InputError`` carries its status).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+from model_training.preprocessing import InputError
+
+log = logging.getLogger("cxr.errors")
+
+API_PATHS = ("/predict", "/healthz", "/readyz")
+
+# Werkzeug's status codes -> our stable machine-readable codes.
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable_entity",
+    429: "too_many_requests",
+    500: "internal_error",
+    503: "not_ready",
+}
+
+
+class ApiError(Exception):
+    """An error raised by our own views, rendered as JSON or as the friendly page."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def wants_html() -> bool:
+    """The no-JS form and browser navigations get HTML; everything else JSON."""
+    if request.path in API_PATHS:
+        return False
+    if request.path == "/" and request.method == "POST":
+        return True
+    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    return best == "text/html"
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None):
+    if wants_html():
+        from app.routes import render_index  # the form page shows its own errors
+
+        if request.path == "/":
+            response = render_index(error=message, status=status)
+        else:
+            response = render_template("error.html", status=status, message=message), status
+        from flask import make_response
+
+        response = make_response(response)
+    else:
+        response = jsonify({"error": {"code": code, "message": message}})
+        response.status_code = status
+    for key, value in (headers or {}).items():
+        response.headers[key] = value
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.errorhandler(InputError)
+    def _input_error(exc: InputError):
+        return error_response(exc.status, exc.code, str(exc))
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException):
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            limit = app.config["MAX_UPLOAD_MB"]
+            message = f"The upload is larger than the {limit:g} MB limit (MAX_UPLOAD_MB)."
+        headers = {}
+        if status == 405:
+            allow = exc.get_response().headers.get("Allow")
+            if allow:
+                headers["Allow"] = allow
+            message = f"{request.method} is not allowed on {request.path}."
+        return error_response(status, HTTP_CODES.get(status, "http_error"), message, headers)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        # Log the type and traceback only: never the request body or the upload's name.
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "Internal error; the request was not processed.")

@@ -1,0 +1,115 @@
+"""HTTP routes: the upload page, the no-JS form result, the JSON API and the probes."""
+
+from __future__ import annotations
+
+from flask import Blueprint, current_app, jsonify, make_response, render_template, request
+
+from app.errors import ApiError
+from app.security import key_matches, presented_key
+from model_training.preprocessing import accepted_formats_text
+
+bp = Blueprint("web", __name__)
+
+DISCLAIMER = (
+    "Research demo, not a diagnosis: this model has not been clinically validated. "
+    "Do not use it for medical decisions."
+)
+
+
+def _state():
+    return current_app.extensions["cxr_model"]
+
+
+def _predictor():
+    """The loaded model; waits briefly for one still loading (fresh worker), else 503."""
+    state = _state()
+    if not state.ready and state.loading:
+        state.wait(current_app.config["READY_WAIT_S"])
+    if not state.ready:
+        reason = state.error or "the model is still loading"
+        raise ApiError(503, "not_ready", f"Service not ready: {reason}. Retry shortly.",
+                       {"Retry-After": "5"})
+    return state.predictor
+
+
+def _check_api_key(form_field: str | None = None) -> None:
+    if not key_matches(current_app.config["API_KEY"], presented_key(form_field)):
+        raise ApiError(401, "unauthorized",
+                       "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
+                       {"WWW-Authenticate": 'Bearer realm="cxr-covid"'})
+
+
+def _upload_bytes() -> bytes:
+    """The image bytes: multipart field ``file`` or the raw request body.
+
+    Multipart parts stay in memory (see ``app.InMemoryRequest``); the raw body is read
+    straight from the bounded input stream.
+    """
+    if request.mimetype == "multipart/form-data":
+        upload = request.files.get("file")
+        if upload is None:
+            raise ApiError(400, "no_file", "The form has no 'file' field; send the X-ray as "
+                           "multipart field 'file' or as the raw request body.")
+        try:
+            return upload.read()
+        finally:
+            upload.close()
+    return request.get_data(cache=False)
+
+
+def _classify(data: bytes) -> dict:
+    predictor = _predictor()
+    result = predictor.predict_bytes(data).as_dict()
+    result["model"] = predictor.model_info()
+    result["disclaimer"] = DISCLAIMER
+    return result
+
+
+def render_index(result: dict | None = None, error: str | None = None, status: int = 200):
+    state = _state()
+    model = state.predictor.model_info() if state.ready else None
+    body = render_template(
+        "index.html", result=result, error=error, model=model, disclaimer=DISCLAIMER,
+        api_key_required=bool(current_app.config["API_KEY"]),
+        max_upload_mb=current_app.config["MAX_UPLOAD_MB"], accepted=accepted_formats_text(),
+    )
+    return make_response(body, status)
+
+
+@bp.get("/")
+def index():
+    return render_index()
+
+
+@bp.post("/")
+def index_form():
+    """The form without JavaScript: same classification, rendered into the page."""
+    _check_api_key(request.form.get("api_key"))
+    result = _classify(_upload_bytes())
+    return render_index(result=result)
+
+
+@bp.post("/predict")
+def predict():
+    _check_api_key()
+    data = _upload_bytes()
+    result = _classify(data)
+    # HEATMAP HOOK: `?explain=true` will add result["heatmap_png"] (base64 Grad-CAM overlay).
+    return jsonify(result)
+
+
+@bp.get("/healthz")
+def healthz():
+    """Liveness: the process answers; says nothing about the model."""
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/readyz")
+def readyz():
+    """Readiness: 200 only once the model is loaded and warmed up."""
+    state = _state()
+    if not state.ready:
+        reason = state.error or "the model is still loading"
+        raise ApiError(503, "not_ready", f"Service not ready: {reason}.", {"Retry-After": "5"})
+    return jsonify({"status": "ready", "model": state.predictor.model_info(),
+                    "load_seconds": round(state.load_seconds or 0.0, 2)})
