@@ -1,0 +1,91 @@
+"""In a real headless Chromium: classify an X-ray, toggle "Show heatmap", see the Grad-CAM
+overlay over the preview, and save the screenshot the README shows
+(``reports/browser_heatmap.png``).
+
+Skips with a reason when Chromium or playwright is missing, unless REQUIRE_BROWSER=1 (set
+by .ci/run), where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+from PIL import Image
+
+from test_browser import CHROMIUM, LAUNCH_ARGS, _browser_or_skip
+from web_support import ROOT, ThreadedServer, cached_app
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def live_url(tiny_model):
+    server = ThreadedServer(cached_app(str(tiny_model)))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def page():
+    sync_playwright = _browser_or_skip()
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1000})
+            yield page
+        finally:
+            browser.close()
+
+
+def _box(page, selector):
+    return page.locator(selector).bounding_box()
+
+
+def test_show_heatmap_toggle(page, live_url, sample_xrays, tmp_path):
+    errors, explain_requests = [], []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("request", lambda req: explain_requests.append(req.url) if "explain=true" in req.url else None)
+
+    # A non-square upload, so the overlay must keep the upload's aspect to cover the preview.
+    upload = tmp_path / "wide_xray.png"
+    Image.open(sample_xrays["covid"][0]).convert("L").resize((600, 420)).save(upload)
+    page.goto(live_url + "/")
+    assert page.locator("#heatmap-controls").is_hidden()
+    page.set_input_files("#file-input", str(upload))
+    page.locator("#preview").wait_for(state="visible")
+    page.click("#classify")
+    page.locator("#result").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#heatmap").is_hidden() and explain_requests == []
+
+    page.check("#heatmap-toggle")
+    page.locator("#heatmap").wait_for(state="visible", timeout=60_000)
+    src = page.locator("#heatmap").get_attribute("src")
+    assert src.startswith("data:image/png;base64,")
+    overlay = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+    assert overlay.size == (512, 358)
+    heat, preview = _box(page, "#heatmap"), _box(page, "#preview")
+    for key in ("x", "y", "width", "height"):
+        assert heat[key] == pytest.approx(preview[key], abs=1.5)  # drawn over the preview
+    assert page.locator("#explained-class").inner_text() == page.locator("#label").inner_text()
+    assert len(explain_requests) == 1
+    (ROOT / "reports").mkdir(exist_ok=True)
+    page.screenshot(path=str(ROOT / "reports" / "browser_heatmap.png"), full_page=True)
+
+    page.uncheck("#heatmap-toggle")
+    assert page.locator("#heatmap").is_hidden()
+    page.check("#heatmap-toggle")  # shown again from the loaded overlay, no new request
+    page.locator("#heatmap").wait_for(state="visible")
+    assert len(explain_requests) == 1
+
+    # A new file drops the old overlay; with the toggle on, Classify asks for both at once.
+    page.set_input_files("#file-input", str(sample_xrays["normal"][0]))
+    assert page.locator("#heatmap").is_hidden()
+    page.click("#classify")
+    page.locator("#heatmap").wait_for(state="visible", timeout=60_000)
+    assert len(explain_requests) == 2
+    assert errors == []  # no CSP violation, no script error
