@@ -6,6 +6,7 @@ explain: Grad-CAM, colour overlay, PNG encoding).
 
     python bench/explain_timing.py --model models/covid_resnet50.h5 --image X.jpg
     python bench/explain_timing.py            # a random-weight 224 px ResNet50, gap head
+    python bench/explain_timing.py --backend onnx --head flatten
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main(argv=None) -> int:
     p.add_argument("--image", help="X-ray to explain (default: the first test-split Covid image)")
     p.add_argument("--size", type=int, default=224, help="input size of the random model")
     p.add_argument("--head", choices=("gap", "flatten"), default="gap", help="head of the random model")
+    p.add_argument("--backend", choices=("tensorflow", "onnx"), default="tensorflow",
+                   help="inference backend (onnx exports the random model first)")
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
 
@@ -64,12 +67,16 @@ def main(argv=None) -> int:
     data = image.read_bytes()
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else random_model(Path(tmp), args.size, args.head)
-        predictor = load_predictor(model)
-        source = explain.feature_source(model)
+        if args.backend == "onnx" and not args.model:
+            from model_training.export import export
+
+            export(model, images=2, log=lambda *a: None)
+        predictor = load_predictor(model, backend=args.backend)
+        source = predictor
         plain, explained = interleaved_ms(lambda: predictor.predict_bytes(data),
                                           lambda: explain.explain_bytes(source, data), args.repeats)
     result = {"model": str(args.model or f"random {args.head} {args.size}px"), "image": image.name,
-              "backend": getattr(source, "backend", "tensorflow"),
+              "backend": predictor.backend,
               "predict_ms": round(plain, 2), "explain_ms": round(explained, 2),
               "ratio": round(explained / plain, 2), "target_ratio": 3.0}
     print(json.dumps(result))

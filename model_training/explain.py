@@ -62,6 +62,24 @@ def class_gradient(kernel: np.ndarray, class_index: int, head_type: str,
     raise ValueError(f"head_type must be one of {HEAD_TYPES}, not {head_type!r}")
 
 
+def head_type_for(kernel: np.ndarray, feature_shape: tuple[int, int, int], declared: str | None = None) -> str:
+    """The head type the kernel's shape proves: (c, n) is gap, (h*w*c, n) is flatten.
+
+    ``declared`` (from the sidecar) wins when it fits; a sidecar without the training
+    settings must not break the explanation. At a 1x1 feature map both are the same thing.
+    """
+    h, w, channels = feature_shape
+    rows = np.shape(kernel)[0]
+    fits = {"gap": rows == channels, "flatten": rows == h * w * channels}
+    if declared in fits and fits[declared]:
+        return declared
+    for head, ok in fits.items():
+        if ok:
+            return head
+    raise ValueError(f"A head kernel with {rows} rows fits neither a gap nor a flatten head "
+                     f"on {h}x{w}x{channels} features.")
+
+
 def gradcam(features: np.ndarray, kernel: np.ndarray, class_index: int, head_type: str) -> np.ndarray:
     """Grad-CAM of one image: features (h, w, c) or (1, h, w, c) -> float32 (h, w) in [0, 1].
 
@@ -146,7 +164,9 @@ def explain_gray(source, gray: np.ndarray, class_name: str | None = None) -> Exp
     label = POSITIVE_CLASS if probabilities[POSITIVE_CLASS] >= source.threshold else other
     target = class_name or label
     kernel, _bias = source.head_weights()
-    heatmap = gradcam(np.asarray(features)[0], kernel, names.index(target), source.head_type)
+    features = np.asarray(features)[0]
+    head = head_type_for(kernel, features.shape, getattr(source, "head_type", None))
+    heatmap = gradcam(features, kernel, names.index(target), head)
     return Explanation(label, probabilities, target, heatmap)
 
 

@@ -89,6 +89,10 @@ def test_gradcam_equals_gradient_tape_flatten_head(grays):
     assert max(peaks) > 0  # at least one class map is not trivially all zero
     with pytest.raises(ValueError):
         explain.gradcam(feats, kernel, 0, "gap")  # the kernel's shape gives a wrong head away
+    assert explain.head_type_for(kernel, feats.shape[1:], "gap") == "flatten"
+    assert explain.head_type_for(kernel[:2048], feats.shape[1:], "flatten") == "gap"
+    with pytest.raises(ValueError):
+        explain.head_type_for(kernel[:100], feats.shape[1:])
 
 
 def test_heatmap_shape_range_and_not_constant(source, grays):
