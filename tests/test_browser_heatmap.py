@@ -10,14 +10,34 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from test_browser import CHROMIUM, LAUNCH_ARGS, _browser_or_skip
-from web_support import ROOT, ThreadedServer, cached_app
+from tests.web_support import ROOT, ThreadedServer, cached_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
+
+
+def _browser_or_skip():
+    problem = None
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        problem, sync_playwright = "the playwright package is not installed", None
+    if problem is None and not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+        problem = f"Chromium not found at {CHROMIUM}"
+    if problem:
+        if os.environ.get("REQUIRE_BROWSER") == "1":
+            pytest.fail(f"REQUIRE_BROWSER=1 but {problem}")
+        pytest.skip(problem)
+    return sync_playwright
 
 
 @pytest.fixture(scope="module")

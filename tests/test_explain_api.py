@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
-from web_support import cached_app
+from tests.test_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
+from tests.web_support import cached_app
 
 
 @pytest.fixture(scope="module")
