@@ -32,6 +32,7 @@ from .preprocessing import (
     ImageTooSmall,
     UndecodableImage,
     UnsupportedFormat,
+    check_jpeg_structure,
 )
 
 #: The only data elements read from an upload (plus the file meta group, which pydicom
@@ -84,6 +85,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
             f"The DICOM image is {cols}x{rows} pixels; a chest X-ray needs at least "
             f"{MIN_SIDE} pixels on each side."
         )
+    _check_jpeg_frame(ds)
     try:
         from pydicom.pixels import pixel_array
 
@@ -136,6 +138,26 @@ def _check_transfer_syntax(ds) -> None:
             "Send uncompressed, RLE Lossless, JPEG Baseline/Extended or JPEG 2000 DICOM, "
             "or a PNG/JPEG export."
         )
+
+
+def _check_jpeg_frame(ds) -> None:
+    """A JPEG frame gets the same structural check as a JPEG upload: libjpeg fills a corrupt
+    scan with gray and only warns, and the model would answer on that half-gray image."""
+    from pydicom.encaps import get_frame
+    from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
+
+    if ds.file_meta.TransferSyntaxUID not in (JPEGBaseline8Bit, JPEGExtended12Bit):
+        return
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
+    except Exception as exc:  # malformed encapsulation
+        raise UndecodableImage(
+            f"The DICOM pixel data could not be decoded ({exc.__class__.__name__})."
+        ) from None
+    if not frame.startswith(b"\xff\xd8"):
+        raise UndecodableImage("The DICOM JPEG frame does not start with a JPEG marker.")
+    check_jpeg_structure(frame)
 
 
 def _monochrome_to_gray8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:

@@ -213,6 +213,15 @@ def test_damaged_pixel_data_is_422(sources):
     with pytest.raises(InputError) as info:
         decode_image(data)
     assert info.value.status == 422
+    # A JPEG whose scan holds an invalid marker decodes "fine" to a half-gray image in
+    # libjpeg; like a JPEG upload, the DICOM frame is refused instead.
+    jpeg = bytearray(sources[0][0])
+    middle = len(jpeg) // 2
+    jpeg[middle:middle + 2] = b"\xff\xd3"
+    data = make_dicom(gray, transfer_syntax=JPEGBaseline8Bit, encapsulated=bytes(jpeg))
+    with pytest.raises(InputError) as info:
+        decode_image(data)
+    assert info.value.status == 422 and "corrupt" in str(info.value)
     truncated = make_dicom(gray)[:200]
     with pytest.raises(InputError) as info:
         decode_image(truncated)
