@@ -109,3 +109,24 @@ def test_show_heatmap_toggle(page, live_url, sample_xrays, tmp_path):
     page.locator("#heatmap").wait_for(state="visible", timeout=60_000)
     assert len(explain_requests) == 2
     assert errors == []  # no CSP violation, no script error
+
+
+def test_dicom_upload_through_the_page(page, live_url, sample_xrays, tmp_path):
+    """Browsers cannot preview DICOM: the page still classifies it and shows the heatmap alone."""
+    from model_training.preprocessing import decode_image
+    from tests.test_dicom import PATIENT_NAME, make_dicom
+
+    gray = decode_image(sample_xrays["normal"][1].read_bytes())
+    dcm = tmp_path / "chest.dcm"
+    dcm.write_bytes(make_dicom(255 - gray, photometric="MONOCHROME1"))
+    page.goto(live_url + "/")
+    page.set_input_files("#file-input", str(dcm))
+    page.locator("#preview").wait_for(state="hidden")
+    page.click("#classify")
+    page.locator("#result").wait_for(state="visible", timeout=60_000)
+    page.check("#heatmap-toggle")
+    page.locator("#heatmap").wait_for(state="visible", timeout=60_000)
+    assert page.locator("#label").inner_text() in ("Covid", "Normal")
+    assert "standalone" in page.locator("#heatmap").get_attribute("class")
+    assert page.locator("#heatmap").bounding_box()["width"] > 100
+    assert PATIENT_NAME not in page.content() and "Doe" not in page.content()
