@@ -261,7 +261,7 @@ def save_explain_grid(model_path, image_paths, out_png, labels=None, *, opacity:
     source = source or feature_source(model_path)
     ncols = min(columns, len(image_paths))
     nrows = -(-len(image_paths) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 3.6 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 4.0 * nrows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for i, path in enumerate(image_paths):
