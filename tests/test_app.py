@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from web_support import cached_app
+from tests.web_support import cached_app
 
 DISCLAIMER_WORDS = ("research demo", "not a diagnosis")
 

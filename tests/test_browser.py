@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from web_support import ROOT, ThreadedServer, cached_app
+from tests.web_support import ROOT, ThreadedServer, cached_app
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")

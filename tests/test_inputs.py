@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-import xray_inputs as X
+import tests.xray_inputs as X
 from model_training.preprocessing import InputError, decode_image, load_image_bytes
-from web_support import cached_app
+from tests.web_support import cached_app
 
 SIZE = 64
 
@@ -126,7 +126,7 @@ def test_missing_file_field_and_empty_body(client):
 
 
 def _seed_images() -> list[bytes]:
-    from conftest import DATA_DIR
+    from tests.conftest import DATA_DIR
 
     path = sorted((DATA_DIR / "test" / "normal").glob("*.jpg"))[0]
     small = X.gray_image(path).resize((48, 48))

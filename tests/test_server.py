@@ -20,8 +20,8 @@ import psutil
 import pytest
 import requests
 
-import xray_inputs as X
-from web_support import ROOT, GunicornServer, cached_app
+import tests.xray_inputs as X
+from tests.web_support import ROOT, GunicornServer, cached_app
 
 pytestmark = pytest.mark.slow
 SECRET_NAME = "Jane_Doe_1970-01-01_chest.png"
