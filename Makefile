@@ -6,7 +6,7 @@ PORT ?= 8080
 MODEL_PATH ?= models/covid_resnet50.h5
 export PORT MODEL_PATH
 
-.PHONY: venv dev run test train evaluate clean
+.PHONY: venv dev run test train evaluate clean export model-runtime bench verification-images
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,32 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 venv: $(VENV)/.runtime
 dev: $(VENV)/.dev
 
-run: venv
+run: venv model-runtime
 	$(VENV)/bin/gunicorn -c gunicorn.conf.py "app.wsgi:app"
+
+# The ONNX Runtime copy of $(MODEL_PATH), verified against Keras on real X-rays; a no-op
+# (one sha256) when <model>.onnx is current. The app serves it when INFERENCE_BACKEND=auto.
+export: venv
+	$(PY) -m model_training.export --model $(MODEL_PATH) --if-missing
+
+# Two real test X-rays per class, shipped beside the model (models/verification/): the
+# Docker build verifies its ONNX export on them, where the data set is not available.
+DATA_DIR ?= ../shared/data/cxr
+verification-images:
+	mkdir -p models/verification
+	for c in covid normal; do ls $(DATA_DIR)/test/$$c/*.jpg | sort | head -2 | xargs -I{} install -m 0644 {} models/verification/; done
+
+# Before `make run`: build the export when a model is there; if that fails, the app still
+# serves the .h5 with TensorFlow.
+model-runtime: venv
+	@if [ -f "$(MODEL_PATH)" ]; then \
+		$(PY) -m model_training.export --model $(MODEL_PATH) --if-missing \
+		|| echo "warning: ONNX export failed; the app will serve $(MODEL_PATH) with TensorFlow"; \
+	else echo "warning: $(MODEL_PATH) not found (train one: make train)"; fi
+
+# Serving benchmark (issue 5): one run, same machine; writes bench/results.json + RESULTS.md.
+bench: dev model-runtime
+	$(PY) bench/serving.py
 
 test: dev
 	$(PY) -m pytest

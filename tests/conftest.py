@@ -49,3 +49,21 @@ def tiny_model(tmp_path_factory, data_dir) -> Path:
     ])
     assert rc == 0 and out.exists()
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx_model(tmp_path_factory, tiny_model, data_dir) -> Path:
+    """A copy of ``tiny_model`` in its own folder with a verified ONNX export beside it.
+
+    A copy, so that tests of the TensorFlow-only path can keep using ``tiny_model`` as is.
+    """
+    import shutil
+
+    from model_training.export import export
+
+    folder = tmp_path_factory.mktemp("tiny_onnx")
+    model = folder / tiny_model.name
+    shutil.copy2(tiny_model, model)
+    shutil.copy2(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
+    export(model, data_dir=data_dir, images=4)
+    return model

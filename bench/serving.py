@@ -1,0 +1,630 @@
+"""Serving benchmark: where the time of one ``/predict`` goes, measured side by side in one run.
+
+    make bench                       # full run, writes bench/results.json and bench/RESULTS.md
+    python bench/serving.py --quick  # seconds: proves the script still works (CI)
+
+In one run, on one machine, with a real model and real X-rays it measures:
+
+1. the bare forward pass of the app's own inference call (``Predictor.predict_array``),
+   per backend, each in a fresh process (which also gives load time and RSS);
+2. decode + preprocess alone (``Predictor.preprocess``, the shared preprocessing);
+3. ``/predict`` over HTTP on loopback, with the app started exactly as ``make run`` starts
+   it (``gunicorn -c gunicorn.conf.py app.wsgi:app``): p50/p95/p99 at concurrency 1, and
+   throughput plus p95 at concurrency 4 and 16, each for a bounded time; every non-200
+   counts as an error;
+4. the naive baseline of the original article's app: Keras ``model.predict`` three times
+   per uploaded image;
+5. start-up time until ``/readyz`` answers 200, and the peak RSS of every gunicorn worker;
+
+then prints a table and the ratios HTTP p50 / bare forward, baseline / ours and forward /
+compute floor (ResNet50 ~8.2 GFLOP at 224 px, scaled by (size/224)^2, over the cores' peak).
+
+The machine is shared and noisy: compare figures within one run, never across runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_MODEL = ROOT / "models" / "covid_resnet50.h5"
+FALLBACK_MODEL = ROOT / "bench" / ".model" / "bench_resnet50.h5"
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "cxr"
+RESNET50_GFLOP_224 = 8.2
+PEAK_GFLOPS_PER_CORE = 78.0  # one Zen core, AVX2 FMA at ~2.45 GHz, float32 (measured ~74-92 with numpy)
+BACKENDS = ("onnx", "tensorflow")
+TARGETS = {
+    "http_p50_over_forward": 1.25,
+    "forward_over_floor": 1.6,
+    "baseline_over_ours": 5.0,
+    "c16_throughput_over_forward_rate": 0.85,
+    "ready_s": {"onnx": 5.0, "tensorflow": 20.0},
+    "worker_rss_mb": {"onnx": 500.0, "tensorflow": 1200.0},
+}
+
+
+# ----------------------------------------------------------------------------- helpers
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def summary_ms(samples: list[float]) -> dict:
+    return {
+        "n": len(samples),
+        "median_ms": round(statistics.median(samples), 2),
+        "p95_ms": round(percentile(samples, 95), 2),
+        "min_ms": round(min(samples), 2),
+    }
+
+
+def rss_mb() -> float:
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1e6
+
+
+def peak_rss_mb() -> float:
+    """This process's high-water RSS (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024 / 1e6
+    return rss_mb()
+
+
+def sample_images(data_dir: Path, count: int) -> list[Path]:
+    from model_training.export import sample_images as pick
+
+    return pick(data_dir, count)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def floor_ms(input_size: int, cores: int, gflops_per_core: float) -> float:
+    gflop = RESNET50_GFLOP_224 * (input_size / 224) ** 2
+    return gflop / (cores * gflops_per_core) * 1000
+
+
+def machine() -> dict:
+    from app.inference import usable_cores
+
+    info = {"cpu": platform.processor() or "unknown", "cores": usable_cores(), "python": platform.python_version(),
+            "platform": platform.platform()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        flags = next(line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags"))
+        info["simd"] = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16") if f in flags]
+        family = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("cpu family"))
+        model = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model\t"))
+        info["cpu_family_model"] = f"{family}/{model}"
+        mem = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        info["memory_gb"] = round(int(mem.split()[1]) / 1e6, 1)
+    except (OSError, StopIteration):
+        pass
+    versions = {}
+    for name in ("onnxruntime", "tensorflow", "keras", "numpy", "PIL", "gunicorn", "flask"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version({"PIL": "pillow", "tensorflow": "tensorflow-cpu"}.get(name, name))
+        except Exception:  # noqa: BLE001 - a missing package is just not listed
+            pass
+    info["versions"] = versions
+    return info
+
+
+# ----------------------------------------------------------------------------- children
+def child_forward(model: str, backend: str, images: list[str], repeats: int) -> dict:
+    """Runs in its own process: load one backend, time forward and preprocess per image."""
+    import numpy as np
+
+    started = time.perf_counter()
+    from app.inference import load_predictor
+
+    predictor = load_predictor(model, backend=backend)
+    load_s = time.perf_counter() - started
+    payloads = [Path(p).read_bytes() for p in images]
+    arrays = [predictor.preprocess(b) for b in payloads]
+    for a in arrays[:2]:
+        predictor.predict_array(a)  # warm caches beyond load_predictor's own warm-up
+    forward, preprocess = [], []
+    for _ in range(repeats):
+        for data, array in zip(payloads, arrays):
+            t0 = time.perf_counter()
+            predictor.preprocess(data)
+            t1 = time.perf_counter()
+            predictor.predict_array(array)
+            t2 = time.perf_counter()
+            preprocess.append((t1 - t0) * 1000)
+            forward.append((t2 - t1) * 1000)
+    probs = predictor.forward(np.stack(arrays))
+    return {
+        "backend": predictor.backend,
+        "input_size": predictor.input_size,
+        "load_s": round(load_s, 2),
+        "forward": summary_ms(forward),
+        "preprocess": summary_ms(preprocess),
+        "rss_mb": round(rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "tensorflow_imported": "tensorflow" in sys.modules,
+        "probabilities": probs.round(6).tolist(),
+    }
+
+
+def child_baseline(model: str, images: list[str], predicts: int) -> dict:
+    """The original app's request path: Keras ``model.predict`` three times per image."""
+    import numpy as np
+
+    from model_training.model import load_classifier
+    from model_training.preprocessing import load_image_bytes
+
+    started = time.perf_counter()
+    classifier = load_classifier(model)
+    size = classifier.input_shape[1]
+    load_s = time.perf_counter() - started
+    classifier.predict(np.zeros((1, size, size, 3), np.float32), verbose=0)  # first call traces
+    per_image = []
+    for path in images:
+        t0 = time.perf_counter()
+        x = load_image_bytes(Path(path).read_bytes(), size)[np.newaxis]
+        for _ in range(predicts):
+            classifier.predict(x, verbose=0)
+        per_image.append((time.perf_counter() - t0) * 1000)
+    return {"predicts_per_image": predicts, "load_s": round(load_s, 2), "per_image": summary_ms(per_image),
+            "peak_rss_mb": round(peak_rss_mb(), 1)}
+
+
+def run_child(args: list[str], timeout: float = 600) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    result = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"bench child {args[:2]} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- HTTP
+class Server:
+    """``make run``'s command (gunicorn -c gunicorn.conf.py app.wsgi:app) on a loopback port."""
+
+    def __init__(self, model: str, backend: str, extra_env: dict[str, str] | None = None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_PATH": model,
+                    "INFERENCE_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "LOG_LEVEL": "warning",
+                    **(extra_env or {})}
+        self.proc: subprocess.Popen | None = None
+        self.worker_peak_rss: dict[int, float] = {}
+        self.master_peak_rss = 0.0
+        self._stop = threading.Event()
+        self._log = tempfile.TemporaryFile(mode="w+")
+
+    @staticmethod
+    def command() -> list[str]:
+        gunicorn = Path(sys.executable).with_name("gunicorn")
+        return [str(gunicorn), "-c", "gunicorn.conf.py", "app.wsgi:app"]
+
+    def start(self, timeout: float) -> float:
+        import requests
+
+        started = time.perf_counter()
+        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        threading.Thread(target=self._watch_rss, daemon=True).start()
+        while time.perf_counter() - started < timeout:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return time.perf_counter() - started
+            except requests.RequestException:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"/readyz not 200 after {timeout:.0f} s:\n{self.output()}")
+
+    def _watch_rss(self) -> None:
+        import psutil
+
+        try:
+            master = psutil.Process(self.proc.pid)
+            while not self._stop.is_set():
+                self.master_peak_rss = max(self.master_peak_rss, master.memory_info().rss / 1e6)
+                for child in master.children():
+                    try:
+                        rss = child.memory_info().rss / 1e6
+                    except psutil.Error:
+                        continue
+                    self.worker_peak_rss[child.pid] = max(self.worker_peak_rss.get(child.pid, 0.0), rss)
+                time.sleep(0.1)
+        except psutil.Error:
+            pass
+
+    def output(self) -> str:
+        self._log.seek(0)
+        return self._log.read()[-4000:]
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def multipart(data: bytes, boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
+    """The body a browser or ``curl -F file=@x.jpg`` sends, encoded once up front."""
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"xray.jpg\"\r\n"
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
+    """Closed loop: ``concurrency`` clients post X-rays back to back for ``seconds``.
+
+    Clients use keep-alive ``http.client`` connections and pre-encoded bodies, so the
+    client's own CPU (it shares the cores with the server) stays out of the latency.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    bodies = [multipart(p) for p in payloads]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    lock = threading.Lock()
+    deadline = time.perf_counter() + seconds
+
+    def client(index: int) -> None:
+        connection = http.client.HTTPConnection(host, port, timeout=120)
+        i = index
+        while time.perf_counter() < deadline:
+            body, content_type = bodies[i % len(bodies)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                connection.request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+                response = connection.getresponse()
+                payload = response.read()
+                ok = response.status == 200 and b'"probabilities"' in payload
+                key = "200" if ok else str(response.status)
+                if response.getheader("Connection", "").lower() == "close":
+                    connection.close()
+            except (OSError, http.client.HTTPException) as exc:
+                key = exc.__class__.__name__
+                connection.close()
+                connection = http.client.HTTPConnection(host, port, timeout=120)
+            elapsed = (time.perf_counter() - t0) * 1000
+            with lock:
+                if key == "200":
+                    latencies.append(elapsed)
+                else:
+                    errors[key] = errors.get(key, 0) + 1
+        connection.close()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "seconds": round(wall, 2),
+        "requests": len(latencies),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "throughput_rps": round(len(latencies) / wall, 2),
+        "p50_ms": _r(percentile(latencies, 50)),
+        "p95_ms": _r(percentile(latencies, 95)),
+        "p99_ms": _r(percentile(latencies, 99)),
+    }
+
+
+def _r(value):
+    return None if value is None else round(value, 2)
+
+
+LAYOUT_KEYS = ("WEB_CONCURRENCY", "GUNICORN_THREADS", "INFERENCE_INTRA_OP_THREADS", "INFERENCE_CONCURRENCY")
+# The alternative layout the issue measured best for throughput: two single-threaded workers.
+ALT_LAYOUT = {"WEB_CONCURRENCY": "2", "INFERENCE_INTRA_OP_THREADS": "1"}
+
+
+def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, levels=(1, 4, 16),
+               ready_timeout: float = 180, extra_env: dict[str, str] | None = None) -> dict:
+    with Server(model, backend, extra_env) as server:
+        ready_s = server.start(ready_timeout)
+        info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
+        served_by = (info.get("model") or {}).get("backend")
+        load(server.url, payloads, 2, 1.0)  # warm every path (and both workers' first requests)
+        runs = {f"c{c}": load(server.url, payloads, c, seconds) for c in levels}
+        server.stop()
+        return {
+            "backend": served_by,
+            "command": " ".join(["gunicorn", *server.command()[1:]]),
+            "layout": {k: server.env.get(k, "default") for k in LAYOUT_KEYS},
+            "ready_s": round(ready_s, 2),
+            "workers": len(server.worker_peak_rss),
+            "worker_peak_rss_mb": round(max(server.worker_peak_rss.values(), default=0.0), 1),
+            "master_peak_rss_mb": round(server.master_peak_rss, 1),
+            **runs,
+        }
+
+
+# ----------------------------------------------------------------------------- model
+def resolve_model(requested: str | None, data_dir: Path, size: int) -> tuple[Path, str]:
+    if requested:
+        return Path(requested), "given with --model"
+    env = os.environ.get("MODEL_PATH")
+    for candidate in ([Path(env)] if env else []) + [DEFAULT_MODEL]:
+        candidate = candidate if candidate.is_absolute() else ROOT / candidate
+        if candidate.is_file():
+            return candidate, "the shipped model"
+    if not FALLBACK_MODEL.is_file():
+        log(f"No shipped model: training a small real one with the project's CLI into {FALLBACK_MODEL} ...")
+        rc = subprocess.call([
+            sys.executable, "-m", "model_training.train", "--data-dir", str(data_dir), "--out", str(FALLBACK_MODEL),
+            "--weights", "none", "--image-size", str(size), "--epochs", "1", "--limit", "64",
+            "--batch-size", "16", "--head", "gap", "--seed", "0",
+        ], cwd=ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}, stdout=sys.stderr)
+        if rc != 0:
+            raise SystemExit("training the bench model failed")
+    return FALLBACK_MODEL, (f"no shipped model: a real {size}px ResNet50 trained 1 epoch on 64 real X-rays "
+                            "by model_training.train (weights none); speed does not depend on the weights")
+
+
+# ----------------------------------------------------------------------------- report
+def ratios(results: dict) -> dict:
+    out = {}
+    fwd = results["forward"]
+    ours = fwd.get("onnx") or fwd.get("tensorflow")
+    ours_backend = "onnx" if fwd.get("onnx") else "tensorflow"
+    floor = results["compute_floor_ms"]
+    for backend, figures in fwd.items():
+        out[f"forward_over_floor_{backend}"] = round(figures["forward"]["median_ms"] / floor, 2)
+    http = results["http"].get(ours_backend)
+    if http and http["c1"]["p50_ms"]:
+        out["http_p50_over_forward"] = round(http["c1"]["p50_ms"] / ours["forward"]["median_ms"], 2)
+        out["http_p50_over_floor"] = round(http["c1"]["p50_ms"] / floor, 2)
+        if "c16" in http:
+            out["c16_throughput_over_forward_rate"] = round(
+                http["c16"]["throughput_rps"] * ours["forward"]["median_ms"] / 1000, 2)
+    baseline = results.get("baseline")
+    if baseline:
+        per_request = ours["forward"]["median_ms"] + ours["preprocess"]["median_ms"]
+        out["baseline_over_ours"] = round(baseline["per_image"]["median_ms"] / per_request, 1)
+        if http and http["c1"]["p50_ms"]:
+            out["baseline_over_ours_http_p50"] = round(baseline["per_image"]["median_ms"] / http["c1"]["p50_ms"], 1)
+    return out
+
+
+def table(results: dict) -> str:
+    rows = [("measure", "value")]
+    for backend, f in results["forward"].items():
+        rows.append((f"bare forward, {backend} (median / p95)",
+                     f"{f['forward']['median_ms']:.1f} / {f['forward']['p95_ms']:.1f} ms"))
+        rows.append((f"load in a fresh process, {backend}", f"{f['load_s']:.1f} s, {f['peak_rss_mb']:.0f} MB peak RSS"))
+    first = next(iter(results["forward"].values()))
+    rows.append(("decode + preprocess (median)", f"{first['preprocess']['median_ms']:.1f} ms"))
+    rows.append(("compute floor", f"{results['compute_floor_ms']:.1f} ms"))
+    if results.get("baseline"):
+        b = results["baseline"]
+        rows.append((f"naive baseline: model.predict x{b['predicts_per_image']} per image (median)",
+                     f"{b['per_image']['median_ms']:.1f} ms"))
+    for backend, h in results["http"].items():
+        c1 = h["c1"]
+        rows.append((f"HTTP {backend} c=1 p50 / p95 / p99",
+                     f"{c1['p50_ms']:.1f} / {c1['p95_ms']:.1f} / {c1['p99_ms']:.1f} ms ({c1['errors']} errors)"))
+        for level in ("c4", "c16"):
+            if level in h:
+                r = h[level]
+                rows.append((f"HTTP {backend} {level.replace('c', 'c=')} throughput, p95",
+                             f"{r['throughput_rps']:.1f} req/s, {r['p95_ms']:.0f} ms ({r['errors']} errors)"))
+        rows.append((f"HTTP {backend} ready (/readyz 200), worker peak RSS",
+                     f"{h['ready_s']:.1f} s, {h['worker_peak_rss_mb']:.0f} MB x {h['workers']} worker(s)"))
+    alt = results.get("http_alt_layout")
+    if alt:
+        name = ", ".join(f"{k}={v}" for k, v in ALT_LAYOUT.items())
+        rows.append((f"HTTP onnx, {name}: c=1 p50", f"{alt['c1']['p50_ms']:.1f} ms ({alt['c1']['errors']} errors)"))
+        rows.append((f"HTTP onnx, {name}: c=16 throughput, p95",
+                     f"{alt['c16']['throughput_rps']:.1f} req/s, {alt['c16']['p95_ms']:.0f} ms "
+                     f"({alt['c16']['errors']} errors), {alt['worker_peak_rss_mb']:.0f} MB x {alt['workers']}"))
+    for key, value in results["ratios"].items():
+        rows.append((key.replace("_", " "), f"{value}"))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(f"{a:<{width}}  {b}" for a, b in rows)
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"One run of `{results['command']}` on {results['created']}. The machine is shared (model trainings "
+        "and other developers' test runs may run at the same time, see the load average) and noisy: compare figures "
+        "within this run, never across runs.",
+        "",
+        f"- Machine: {m.get('cpu')} (family/model {m.get('cpu_family_model', '?')}), {m['cores']} usable cores, "
+        f"SIMD {', '.join(m.get('simd', []))}, {m.get('memory_gb', '?')} GB RAM; {m['platform']}",
+        f"- Load average (1/5/15 min) before: {results['load_average']['before']}, "
+        f"after: {results['load_average']['after']}",
+        f"- Versions: Python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        f"- Model: `{results['model']['path']}` ({results['model']['input_size']} px; {results['model']['origin']})",
+        f"- Images: {results['images']} real X-rays from the test split; HTTP runs {results['seconds']} s per level, "
+        "loopback, closed-loop keep-alive clients posting multipart uploads",
+        f"- Compute floor: {RESNET50_GFLOP_224} GFLOP x ({results['model']['input_size']}/224)^2 / "
+        f"({results['floor']['cores']} cores x {results['floor']['gflops_per_core']} GFLOP/s) = "
+        f"{results['compute_floor_ms']:.1f} ms",
+        "",
+        "```",
+        table(results),
+        "```",
+        "",
+        "## Targets (issue 5)",
+        "",
+    ]
+    lines += [f"- {line}" for line in results["targets"]]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def check_targets(results: dict) -> list[str]:
+    r, out = results["ratios"], []
+
+    def verdict(name, value, limit, higher_is_better=False):
+        if value is None:
+            return
+        ok = value >= limit if higher_is_better else value <= limit
+        out.append(f"{'met' if ok else 'MISSED'}: {name} = {value} ({'>=' if higher_is_better else '<='} {limit})")
+
+    verdict("HTTP p50 / bare forward", r.get("http_p50_over_forward"), TARGETS["http_p50_over_forward"])
+    verdict("HTTP p50 / compute floor", r.get("http_p50_over_floor"), TARGETS["forward_over_floor"])
+    verdict("baseline / ours", r.get("baseline_over_ours"), TARGETS["baseline_over_ours"], True)
+    verdict("c=16 throughput x bare forward", r.get("c16_throughput_over_forward_rate"),
+            TARGETS["c16_throughput_over_forward_rate"], True)
+    for backend, h in results["http"].items():
+        verdict(f"ready s ({backend})", h["ready_s"], TARGETS["ready_s"].get(backend, 20.0))
+        verdict(f"worker peak RSS MB ({backend})", h["worker_peak_rss_mb"], TARGETS["worker_rss_mb"].get(backend, 1200))
+        errors = sum(h[k]["errors"] for k in h if k.startswith("c") and isinstance(h[k], dict))
+        verdict(f"HTTP errors ({backend})", errors, 0)
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python bench/serving.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default=None, help="the .h5 to serve (default: $MODEL_PATH, models/covid_resnet50.h5, "
+                   "else a small real model trained once into bench/.model/)")
+    p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR), help="real X-rays (test split used)")
+    p.add_argument("--images", type=int, default=8, help="how many X-rays")
+    p.add_argument("--seconds", type=float, default=15.0, help="duration of each HTTP concurrency level")
+    p.add_argument("--repeats", type=int, default=5, help="bare-forward passes over all images")
+    p.add_argument("--backends", default=",".join(BACKENDS), help="backends to measure (comma-separated)")
+    p.add_argument("--fallback-size", type=int, default=224, help="input size of the fallback model (no shipped one)")
+    p.add_argument("--gflops-per-core", type=float, default=PEAK_GFLOPS_PER_CORE, help="peak float32 GFLOP/s per core")
+    p.add_argument("--out-dir", default=None, help="where results.json and RESULTS.md go (default bench/; "
+                   "--quick: a temporary folder)")
+    p.add_argument("--no-alt-layout", action="store_true",
+                   help=f"skip the comparison with the alternative gunicorn layout {ALT_LAYOUT}")
+    p.add_argument("--quick", action="store_true", help="seconds, for CI: ONNX only, 1 s per level, 2 images")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.child:
+        kind, model, *rest = args.child
+        if kind == "forward":
+            backend, repeats, *images = rest
+            print(json.dumps(child_forward(model, backend, images, int(repeats))))
+        else:
+            predicts, *images = rest
+            print(json.dumps(child_baseline(model, images, int(predicts))))
+        return 0
+
+    if args.quick:
+        args.images, args.seconds, args.repeats, args.backends = min(args.images, 2), 1.0, 1, "onnx"
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    data_dir = Path(args.data_dir)
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    model, origin = resolve_model(args.model, data_dir, args.fallback_size)
+    model = model.resolve()
+
+    from model_training.export import ensure_export
+    from model_training.metadata import read_metadata
+
+    if "onnx" in backends:
+        ensure_export(model, log=log)
+    size = int(read_metadata(model)["input_size"])
+    images = [str(p) for p in sample_images(data_dir, args.images)]
+    payloads = [Path(p).read_bytes() for p in images]
+    from app.inference import usable_cores
+
+    cores = usable_cores()
+    results = {
+        "command": "python bench/serving.py" + (" --quick" if args.quick else ""),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "model": {"path": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
+                  "input_size": size, "origin": origin},
+        "images": len(images),
+        "seconds": args.seconds,
+        "floor": {"gflop": round(RESNET50_GFLOP_224 * (size / 224) ** 2, 3), "cores": cores,
+                  "gflops_per_core": args.gflops_per_core},
+        "compute_floor_ms": round(floor_ms(size, cores, args.gflops_per_core), 2),
+        "forward": {}, "http": {},
+    }
+    for backend in backends:
+        log(f"[1-2] bare forward + preprocess, {backend} ...")
+        results["forward"][backend] = run_child(["--child", "forward", str(model), backend, str(args.repeats), *images])
+    log("[4] naive baseline (Keras model.predict x3 per image) ...")
+    results["baseline"] = run_child(["--child", "baseline", str(model), "3", *images[: max(1, len(images) // 2)]])
+    for backend in backends:
+        log(f"[3,5] gunicorn as `make run`, {backend}: ready time, c=1/4/16 for {args.seconds:g} s each ...")
+        results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds)
+    if not args.quick and "onnx" in backends and not args.no_alt_layout:
+        log(f"[3] alternative layout {ALT_LAYOUT}, onnx: c=1 and c=16 ...")
+        results["http_alt_layout"] = http_bench(str(model), "onnx", payloads, args.seconds, levels=(1, 16),
+                                                extra_env=ALT_LAYOUT)
+    results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
+    results["ratios"] = ratios(results)
+    results["targets"] = check_targets(results)
+
+    out_dir = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick
+                                                       else ROOT / "bench")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from model_training.metadata import atomic_path, write_json_atomic
+
+    write_json_atomic(out_dir / "results.json", results)
+    with atomic_path(out_dir / "RESULTS.md") as tmp:
+        tmp.write_text(markdown(results))
+    print(table(results))
+    print("\n".join(results["targets"]))
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""The container's start-up, reproduced without Docker.
+
+A fresh virtualenv from ``requirements.txt`` alone stands in for the image's pip layer; an
+empty folder receives exactly what the Dockerfile's COPY instructions (filtered by
+``.dockerignore``) would put in the image; the Dockerfile's own export step and CMD then run
+there with ``PORT`` set. A file or dependency the image lacks fails this test.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.deploy_support import ROOT, context_files, copy_sources, dockerfile, env_defaults
+
+pytestmark = pytest.mark.slow
+SHIPPED_MODEL = ROOT / "models" / "covid_resnet50.h5"
+
+
+@pytest.fixture(scope="session")
+def image_venv() -> Path:
+    """A virtualenv with requirements.txt and nothing else, built once per requirements file.
+
+    Kept in ~/.cache/cxr-covid/ keyed by the requirements' sha256 and the Python version, as
+    Docker keeps the pip layer while requirements.txt is unchanged; CONTAINER_VENV_FRESH=1
+    rebuilds it.
+    """
+    requirements = (ROOT / "requirements.txt").read_bytes()
+    key = hashlib.sha256(requirements + sys.version.encode()).hexdigest()[:16]
+    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-covid" / f"image-venv-{key}"
+    marker = venv / ".complete"
+    if marker.exists() and os.environ.get("CONTAINER_VENV_FRESH") != "1":
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
+                             str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    marker.write_text(key)
+    return venv
+
+
+def build_context(target: Path, tiny_model: Path, sample_xrays) -> list[str]:
+    """Copy what the Dockerfile copies into ``target``; returns notes on substitutions."""
+    notes = []
+    for source, dest in copy_sources(dockerfile()):
+        src = ROOT / source
+        if source.startswith("models") and not src.exists():
+            continue  # handled below
+        for file in context_files(source):
+            relative = file.relative_to(src) if src.is_dir() else Path(file.name)
+            out = target / dest / relative if (src.is_dir() or dest.endswith("/")) else target / dest
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file, out)
+    model = target / env_defaults(dockerfile())["MODEL_PATH"]
+    if not model.exists():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(tiny_model, model)
+        shutil.copy2(tiny_model.with_suffix(".json"), model.with_suffix(".json"))
+        notes.append(f"no shipped model: the tiny model stands in at {model.relative_to(target)}")
+    verification = target / "models" / "verification"
+    if not verification.is_dir():
+        verification.mkdir(parents=True)
+        for path in sample_xrays["covid"][:2] + sample_xrays["normal"][:2]:
+            shutil.copy2(path, verification / path.name)
+        notes.append("no models/verification/: 4 real test X-rays stand in")
+    return notes
+
+
+def image_env(venv: Path, docker_env: dict[str, str], **extra) -> dict[str, str]:
+    """The container's environment: its ENV lines and the venv's bin first, nothing of ours."""
+    return {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "LANG": "C.UTF-8",
+            **docker_env, **extra}
+
+
+def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_xrays):
+    image = tmp_path / "srv"
+    image.mkdir()
+    notes = build_context(image, tiny_model, sample_xrays)
+    instructions = dockerfile()
+    docker_env = env_defaults(instructions)
+    assert not (image / "tests").exists() and not (image / ".venv").exists()
+
+    export = next(ins for ins in instructions if ins.keyword == "RUN" and "model_training.export" in ins.args)
+    result = subprocess.run(["/bin/sh", "-c", export.args], cwd=image, env=image_env(image_venv, docker_env),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert (image / docker_env["MODEL_PATH"]).with_suffix(".onnx").exists()
+
+    port = _free_port()
+    cmd = next(ins for ins in reversed(instructions) if ins.keyword == "CMD").exec_form()
+    log = (tmp_path / "gunicorn.log").open("w+")
+    server = subprocess.Popen(cmd, cwd=image, env=image_env(image_venv, docker_env, PORT=str(port), HOST="127.0.0.1"),
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        ready = _wait_ready(url, server, log, timeout=180)
+        assert ready["model"]["backend"] == "onnx", "the export built in the image must be served"
+        assert requests.get(url + "/healthz", timeout=5).status_code == 200
+        xray = sample_xrays["covid"][0]
+        response = requests.post(url + "/predict", files={"file": (xray.name, xray.read_bytes(), "image/jpeg")},
+                                 timeout=60)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["label"] in ("Covid", "Normal")
+        assert abs(sum(body["probabilities"].values()) - 1) < 1e-4
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+                server.wait(10)
+        log.close()
+    print("; ".join(notes))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, server: subprocess.Popen, log, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"the container's CMD exited with {server.returncode}:\n{log.read()[-3000:]}")
+        try:
+            response = requests.get(url + "/readyz", timeout=3)
+            if response.status_code == 200:
+                return response.json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    log.seek(0)
+    raise AssertionError(f"/readyz not 200 after {timeout} s:\n{log.read()[-3000:]}")
