@@ -12,7 +12,7 @@ import pytest
 from app.inference import load_predictor
 from model_training import explain
 from model_training.preprocessing import decode_image
-from web_support import ROOT
+from tests.web_support import ROOT
 
 pytestmark = pytest.mark.slow
 
