@@ -10,8 +10,6 @@ here imports TensorFlow when the predictor runs on ONNX Runtime.
 from __future__ import annotations
 
 import base64
-import contextlib
-import threading
 import time
 
 from model_training.explain import DEFAULT_OPACITY, MAX_SIDE, explain_gray
@@ -19,8 +17,6 @@ from model_training.preprocessing import decode_image
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("", "0", "false", "no", "off")
-
-_fallback_lock = threading.Lock()
 
 
 def parse_flag(raw: str | None) -> bool | None:
@@ -35,39 +31,13 @@ def parse_flag(raw: str | None) -> bool | None:
     return None
 
 
-def feature_source_for(predictor):
-    """The predictor itself when it offers ``forward_features``; else a Keras adapter, once."""
-    if _has_features(predictor):
-        return predictor
-    with _fallback_lock:
-        source = getattr(predictor, "_explain_source", None)
-        if source is None:
-            from model_training.explain import KerasFeatureSource
-
-            source = KerasFeatureSource(predictor.model_path)
-            predictor._explain_source = source
-        return source
-
-
-def _has_features(predictor) -> bool:
-    try:
-        predictor.forward_features  # noqa: B018 - attribute probe
-        predictor.head_weights  # noqa: B018
-        predictor.head_type  # noqa: B018
-    except AttributeError:
-        return False
-    return True
-
-
 def explain_upload(predictor, data: bytes, class_name: str | None = None, *,
                    opacity: float = DEFAULT_OPACITY, max_side: int = MAX_SIDE) -> dict:
     """Upload bytes -> the /predict JSON fields plus ``explained_class`` and ``heatmap_png``."""
     gray = decode_image(data)
-    source = feature_source_for(predictor)
-    gate = predictor.gated() if hasattr(predictor, "gated") else contextlib.nullcontext()
-    with gate:  # the same per-process inference gate as plain predictions
+    with predictor.gated():  # the same per-process inference gate as plain predictions
         started = time.perf_counter()
-        explanation = explain_gray(source, gray, class_name)
+        explanation = explain_gray(predictor, gray, class_name)
         inference_ms = (time.perf_counter() - started) * 1000
     png = explanation.overlay_png(gray, opacity=opacity, max_side=max_side)
     return {

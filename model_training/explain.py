@@ -13,7 +13,7 @@ to [0, 1]. It needs only one forward pass that also returns the features, costs 
 NumPy operations, and works the same for every backend (TensorFlow or ONNX Runtime): the
 :func:`gradcam` core takes arrays, and any object with ``forward_features``,
 ``head_weights``, ``head_type``, ``input_size`` and ``threshold`` can be explained
-(``app.inference.Predictor`` or :class:`KerasFeatureSource` here).
+(``app.inference.Predictor`` of either backend). Nothing here imports TensorFlow.
 
 The overlay is drawn on the uploaded image itself, at its own aspect ratio (the model's
 square input is stretched back), at most 512 px on the long side, with a perceptually
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .metadata import CLASS_NAMES, POSITIVE_CLASS, atomic_path, read_metadata
+from .metadata import CLASS_NAMES, POSITIVE_CLASS, atomic_path
 from .preprocessing import InputError, decode_image, preprocess_gray
 
 FEATURE_LAYER = "conv5_block3_out"
@@ -149,7 +149,7 @@ class Explanation:
 
 
 def explain_gray(source, gray: np.ndarray, class_name: str | None = None) -> Explanation:
-    """Explain one decoded image with any feature source (Predictor or KerasFeatureSource).
+    """Explain one decoded image with a feature source (an ``app.inference.Predictor``).
 
     ``class_name`` None means the predicted label (Covid when its probability reaches the
     model's threshold, as the app decides).
@@ -179,7 +179,7 @@ def explain_bytes(source, data: bytes, class_name: str | None = None, *,
 
 
 def head_type_of(model) -> str:
-    """'gap' or 'flatten', read from the saved classifier's layer names."""
+    """'gap' or 'flatten', read from a Keras classifier's layer names."""
     names = {layer.name for layer in model.layers}
     if "avg_pool" in names:
         return "gap"
@@ -188,55 +188,12 @@ def head_type_of(model) -> str:
     raise ValueError("The model has neither an 'avg_pool' nor a 'flatten' head layer.")
 
 
-class KerasFeatureSource:
-    """A saved Keras classifier seen through the feature-source interface.
+def feature_source(model_path: str | Path, backend: str | None = None):
+    """The served model as a feature source: ``app.inference.load_predictor`` (TensorFlow or
+    ONNX Runtime, chosen as the app chooses, or by ``backend``)."""
+    from app.inference import load_predictor
 
-    One ``tf.function`` returns the softmax and ``conv5_block3_out`` of the same pass, so an
-    explanation costs one forward pass, like a plain prediction.
-    """
-
-    backend = "tensorflow"
-
-    def __init__(self, model_path: str | Path):
-        import keras
-        import tensorflow as tf
-
-        from .model import load_classifier
-
-        meta = read_metadata(model_path)
-        self.input_size = int(meta["input_size"])
-        self.threshold = float(meta.get("threshold", 0.5))
-        self.class_names = tuple(meta.get("class_names", CLASS_NAMES))
-        model = load_classifier(model_path)
-        self.head_type = head_type_of(model)
-        dense = model.get_layer(HEAD_LAYER)
-        self._kernel = np.asarray(dense.kernel.numpy())
-        self._bias = np.asarray(dense.bias.numpy())
-        both = keras.Model(model.inputs, [model.output, model.get_layer(FEATURE_LAYER).output])
-        spec = tf.TensorSpec((None, self.input_size, self.input_size, 3), tf.float32)
-        self._call = tf.function(lambda x: both(x, training=False), input_signature=[spec])
-
-    def forward_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        probs, features = self._call(np.asarray(batch, dtype=np.float32))
-        return probs.numpy(), features.numpy()
-
-    def head_weights(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._kernel, self._bias
-
-
-def feature_source(model_path: str | Path):
-    """The best available feature source for a model file.
-
-    Prefers ``app.inference.load_predictor`` when its Predictor offers ``forward_features``
-    (TensorFlow or ONNX backend); otherwise the Keras adapter above.
-    """
-    try:
-        from app.inference import Predictor, load_predictor
-    except ImportError:
-        return KerasFeatureSource(model_path)
-    if hasattr(Predictor, "forward_features") and hasattr(Predictor, "head_weights"):
-        return load_predictor(model_path)
-    return KerasFeatureSource(model_path)
+    return load_predictor(model_path, backend=backend)
 
 
 # --------------------------------------------------------------------------- grid + CLI
@@ -307,6 +264,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="long side of the PNG, at most")
     p.add_argument("--colormap", choices=COLORMAPS, default="inferno",
                    help="perceptually uniform matplotlib colormap")
+    p.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=None,
+                   help="inference backend (default: INFERENCE_BACKEND, else auto: ONNX when "
+                        "a verified export sits beside the model)")
     args = p.parse_args(argv)
     if not 0.0 <= args.opacity <= 1.0:
         p.error("--opacity must be between 0 and 1")
@@ -327,8 +287,8 @@ def main(argv=None) -> int:
         print(f"error: --image {image}: {exc}", file=sys.stderr)
         return 2
     try:
-        source = feature_source(args.model)
-    except FileNotFoundError as exc:
+        source = feature_source(args.model, args.backend)
+    except (FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     exp = explain_gray(source, gray, args.class_name)

@@ -18,7 +18,10 @@ from model_training.preprocessing import decode_image, preprocess_gray
 
 @pytest.fixture(scope="module")
 def source(tiny_model):
-    return explain.KerasFeatureSource(tiny_model)
+    """The app's own predictor (TensorFlow backend: tiny_model has no ONNX export)."""
+    from app.inference import load_predictor
+
+    return load_predictor(tiny_model, backend="tensorflow")
 
 
 @pytest.fixture(scope="module")
