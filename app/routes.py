@@ -5,7 +5,9 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify, make_response, render_template, request
 
 from app.errors import ApiError
+from app.explanations import explain_upload, parse_flag
 from app.security import key_matches, presented_key
+from model_training.metadata import CLASS_NAMES
 from model_training.preprocessing import accepted_formats_text
 
 bp = Blueprint("web", __name__)
@@ -65,6 +67,33 @@ def _classify(data: bytes) -> dict:
     return result
 
 
+def _explain_request() -> str | bool | None:
+    """None without ``?explain=true``; else the class to explain (``?class=``) or True.
+
+    Only the query string is read here, so a plain request does nothing extra.
+    """
+    flag = parse_flag(request.args.get("explain"))
+    if flag is None:
+        raise ApiError(400, "bad_request", "The 'explain' parameter must be true or false.")
+    if not flag:
+        return None
+    class_name = request.args.get("class")
+    if class_name is not None and class_name not in CLASS_NAMES:
+        raise ApiError(400, "bad_request",
+                       f"The 'class' parameter must be one of {', '.join(CLASS_NAMES)}.")
+    return class_name or True
+
+
+def _classify_explained(data: bytes, explain: str | bool) -> dict:
+    """The prediction and a Grad-CAM overlay (base64 PNG) from the same forward pass."""
+    predictor = _predictor()
+    class_name = explain if isinstance(explain, str) else None
+    result = explain_upload(predictor, data, class_name)
+    result["model"] = predictor.model_info()
+    result["disclaimer"] = DISCLAIMER
+    return result
+
+
 def render_index(result: dict | None = None, error: str | None = None, status: int = 200):
     state = _state()
     model = state.predictor.model_info() if state.ready else None
@@ -92,10 +121,11 @@ def index_form():
 @bp.post("/predict")
 def predict():
     _check_api_key()
+    explain = _explain_request()
     data = _upload_bytes()
-    result = _classify(data)
-    # HEATMAP HOOK: `?explain=true` will add result["heatmap_png"] (base64 Grad-CAM overlay).
-    return jsonify(result)
+    if explain is None:
+        return jsonify(_classify(data))
+    return jsonify(_classify_explained(data, explain))
 
 
 @bp.get("/healthz")

@@ -26,7 +26,7 @@ PREPROCESSING_MODE = "caffe"
 # keras.applications.imagenet_utils "caffe" means, in BGR order.
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
-ACCEPTED_FORMATS = ("PNG", "JPEG")
+ACCEPTED_FORMATS = ("PNG", "JPEG", "DICOM")
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # 50 MP: far above any X-ray export, far below a decompression bomb
 
@@ -107,6 +107,8 @@ def sniff_format(data: bytes) -> str | None:
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name
+    if data[128:132] == b"DICM":  # DICOM Part 10: 128-byte preamble, then the magic
+        return "DICOM"
     return None
 
 
@@ -124,6 +126,10 @@ def decode_image(data: bytes) -> np.ndarray:
         raise NotAnImage(
             f"The data is not an image we recognise. Accepted formats: {accepted_formats_text()}."
         )
+    if fmt == "DICOM":
+        from .dicom import decode_dicom  # pydicom is imported only when a DICOM arrives
+
+        return decode_dicom(data)
     if fmt == "JPEG":
         check_jpeg_structure(data)
     return _decode_pillow(data, fmt)

@@ -11,7 +11,12 @@
   var errorEl = document.getElementById("error");
   var resultEl = document.getElementById("result");
   var keyInput = document.getElementById("api-key");
+  var heatmap = document.getElementById("heatmap");
+  var heatmapControls = document.getElementById("heatmap-controls");
+  var toggle = document.getElementById("heatmap-toggle");
   var previewUrl = null;
+  var resultFile = null;   // the file the shown result belongs to
+  var heatmapFile = null;  // the file the loaded heatmap belongs to
 
   function showError(message) {
     errorEl.textContent = message;
@@ -30,6 +35,20 @@
     preview.hidden = false;
   }
 
+  // Browsers cannot show DICOM: hide the broken preview; the heatmap then stands alone.
+  preview.addEventListener("error", function () { preview.hidden = true; });
+
+  function hideHeatmap() {
+    heatmap.hidden = true;
+  }
+
+  function showHeatmap(data) {
+    heatmap.src = "data:image/png;base64," + data.heatmap_png;
+    heatmap.classList.toggle("standalone", preview.hidden);
+    setText("explained-class", data.explained_class);
+    heatmap.hidden = false;
+  }
+
   function setText(id, text) { document.getElementById(id).textContent = text; }
 
   function showResult(data) {
@@ -42,13 +61,14 @@
     setText("model-name", data.model.name);
     setText("model-sha", data.model.sha256.slice(0, 12));
     setText("inference-ms", data.inference_ms.toFixed(1));
-    // HEATMAP HOOK: when the "Show heatmap" toggle is on, request /predict?explain=true and
-    // set document.getElementById("heatmap").src = "data:image/png;base64," + data.heatmap_png.
     resultEl.hidden = false;
+    heatmapControls.hidden = false;
   }
 
   input.addEventListener("change", function () {
     clearError();
+    hideHeatmap();
+    heatmapFile = null;
     if (input.files && input.files[0]) { showPreview(input.files[0]); }
   });
 
@@ -69,17 +89,17 @@
     }
   });
 
-  form.addEventListener("submit", function (event) {
-    event.preventDefault();
-    clearError();
-    if (!input.files || !input.files[0]) { showError("Choose an X-ray image first."); return; }
+  // POST the chosen file to /predict (with ?explain=true for the Grad-CAM overlay).
+  function classify(file, explain, busyText) {
     var body = new FormData();
-    body.append("file", input.files[0]);
+    body.append("file", file);
     var headers = {};
     if (keyInput) { headers["X-API-Key"] = keyInput.value; }
     button.disabled = true;
-    statusEl.textContent = "Classifying...";
-    fetch("/predict", { method: "POST", body: body, headers: headers })
+    toggle.disabled = true;
+    statusEl.textContent = busyText;
+    return fetch(explain ? "/predict?explain=true" : "/predict",
+                 { method: "POST", body: body, headers: headers })
       .then(function (response) {
         return response.json().catch(function () { return {}; }).then(function (data) {
           if (!response.ok) {
@@ -89,8 +109,36 @@
           return data;
         });
       })
-      .then(showResult)
-      .catch(function (err) { resultEl.hidden = true; showError(err.message); })
-      .finally(function () { button.disabled = false; statusEl.textContent = ""; });
+      .then(function (data) {
+        showResult(data);
+        resultFile = file;
+        if (data.heatmap_png) {
+          heatmapFile = file;
+          showHeatmap(data);
+        }
+      })
+      .catch(function (err) { resultEl.hidden = true; hideHeatmap(); showError(err.message); })
+      .finally(function () { button.disabled = false; toggle.disabled = false; statusEl.textContent = ""; });
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    clearError();
+    if (!input.files || !input.files[0]) { showError("Choose an X-ray image first."); return; }
+    classify(input.files[0], toggle.checked,
+             toggle.checked ? "Classifying and computing the heatmap..." : "Classifying...");
+  });
+
+  toggle.addEventListener("change", function () {
+    if (!toggle.checked) { hideHeatmap(); return; }
+    var file = input.files && input.files[0];
+    if (!file) { return; }
+    if (heatmapFile === file) {
+      heatmap.classList.toggle("standalone", preview.hidden);
+      heatmap.hidden = false;
+    } else if (resultFile === file) {
+      clearError();
+      classify(file, true, "Computing the heatmap...");
+    }
   });
 }());

@@ -134,7 +134,7 @@ def test_page_works_offline_and_has_the_result_hooks(client):
     html = page.get_data(as_text=True)
     for marker in ('id="file-input"', 'id="classify"', 'id="label"', 'id="prob-covid"',
                    'id="prob-normal"', 'id="threshold"', 'id="model-name"', 'name="file"',
-                   'enctype="multipart/form-data"', "HEATMAP HOOK"):
+                   'enctype="multipart/form-data"', 'id="heatmap-toggle"', 'id="heatmap"'):
         assert marker in html
     assert all(w in html.lower() for w in DISCLAIMER_WORDS)
     # No CDN: every script, stylesheet and image comes from our own /static.
