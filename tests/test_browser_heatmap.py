@@ -10,55 +10,26 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
-from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.web_support import ROOT, ThreadedServer, cached_app
+from tests.browser_support import browser, serve  # noqa: F401 (fixture)
+from tests.web_support import ROOT
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run"]
-
-
-def _browser_or_skip():
-    problem = None
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        problem, sync_playwright = "the playwright package is not installed", None
-    if problem is None and not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
-        problem = f"Chromium not found at {CHROMIUM}"
-    if problem:
-        if os.environ.get("REQUIRE_BROWSER") == "1":
-            pytest.fail(f"REQUIRE_BROWSER=1 but {problem}")
-        pytest.skip(problem)
-    return sync_playwright
+SHIPPED = ROOT / "models" / "covid_resnet50.h5"
 
 
 @pytest.fixture(scope="module")
 def live_url(tiny_model):
-    server = ThreadedServer(cached_app(str(tiny_model)))
-    try:
-        yield server.url
-    finally:
-        server.stop()
+    """The shipped model when present (the screenshot is the README's), else the tiny one."""
+    yield from serve(SHIPPED if SHIPPED.exists() else tiny_model)
 
 
 @pytest.fixture(scope="module")
-def page():
-    sync_playwright = _browser_or_skip()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 900, "height": 1000})
-            yield page
-        finally:
-            browser.close()
+def page(browser):
+    yield browser.new_page(viewport={"width": 900, "height": 1000})
 
 
 def _box(page, selector):
