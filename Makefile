@@ -63,7 +63,7 @@ train: venv
 
 evaluate: venv
 	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --split test --target-recall 0.95 \
-		--out reports/covid_resnet50
+		--explain-samples 8 --out reports/covid_resnet50
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports/browser_*.png
