@@ -26,12 +26,9 @@ import io
 import numpy as np
 
 from .preprocessing import (
-    MAX_PIXELS,
-    MIN_SIDE,
-    ImageTooLarge,
-    ImageTooSmall,
     UndecodableImage,
     UnsupportedFormat,
+    check_dimensions,
     check_jpeg_structure,
 )
 
@@ -75,16 +72,7 @@ def decode_dicom(data: bytes) -> np.ndarray:
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise UndecodableImage("The DICOM file has no pixel data (it is not an image).")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols > MAX_PIXELS:
-        raise ImageTooLarge(
-            f"The DICOM image declares {cols}x{rows} pixels; the limit is "
-            f"{MAX_PIXELS // 1_000_000} megapixels."
-        )
-    if min(rows, cols) < MIN_SIDE:
-        raise ImageTooSmall(
-            f"The DICOM image is {cols}x{rows} pixels; a chest X-ray needs at least "
-            f"{MIN_SIDE} pixels on each side."
-        )
+    check_dimensions(cols, rows, what="DICOM image")
     _check_jpeg_frame(ds)
     try:
         from pydicom.pixels import pixel_array

@@ -226,17 +226,7 @@ def _decode_pillow(data: bytes, fmt: str) -> np.ndarray:
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data), formats=[fmt])
-            width, height = image.size
-            if width * height > MAX_PIXELS:
-                raise ImageTooLarge(
-                    f"The image declares {width}x{height} pixels; the limit is "
-                    f"{MAX_PIXELS // 1_000_000} megapixels."
-                )
-            if min(width, height) < MIN_SIDE:
-                raise ImageTooSmall(
-                    f"The image is {width}x{height} pixels; a chest X-ray needs at least "
-                    f"{MIN_SIDE} pixels on each side."
-                )
+            check_dimensions(*image.size)
             image.load()
             image = ImageOps.exif_transpose(image)
             return to_gray8(image)
@@ -252,6 +242,20 @@ def _decode_pillow(data: bytes, fmt: str) -> np.ndarray:
             raise UndecodableImage(
                 f"The {fmt} data could not be decoded ({exc.__class__.__name__})."
             ) from None
+
+
+def check_dimensions(width: int, height: int, what: str = "image") -> None:
+    """Refuse sizes from the header, before any pixel is decoded (bombs, thumbnails)."""
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(
+            f"The {what} declares {width}x{height} pixels; the limit is "
+            f"{MAX_PIXELS // 1_000_000} megapixels."
+        )
+    if min(width, height) < MIN_SIDE:
+        raise ImageTooSmall(
+            f"The {what} is {width}x{height} pixels; a chest X-ray needs at least "
+            f"{MIN_SIDE} pixels on each side."
+        )
 
 
 def to_gray8(image: Image.Image) -> np.ndarray:
