@@ -4,6 +4,9 @@
 overridden by ``config``, and starts loading the model once in this process. Gunicorn
 imports ``app.wsgi`` in each worker after the fork, so the model is never loaded in the
 master (TensorFlow is not fork-safe).
+
+The app stands on the core package ``cxr`` (decoding, preprocessing, predictors, Grad-CAM)
+and never imports ``model_training``: the served image ships no training code.
 """
 
 from __future__ import annotations
@@ -33,6 +36,9 @@ class InMemoryRequest(Request):
 
 
 def create_app(config: dict | None = None) -> Flask:
+    """Build the app: settings from the environment overridden by ``config`` (``app.config``),
+    routes, error handlers, security headers, the access log, and the model loading in this
+    process (in the background unless ``LOAD_MODEL_ASYNC`` is off)."""
     settings = load_config(config)
     configure_logging(settings["LOG_LEVEL"])
 

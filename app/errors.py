@@ -2,17 +2,19 @@
 
 API clients get ``{"error": {"code": ..., "message": ...}}`` with the matching status;
 the HTML form (``POST /``) and browser navigations get the same message in a page.
-Input errors come from the shared preprocessing (``InputError`` carries its status).
+Input errors come from the core (``cxr.errors.InputError`` carries a stable code); the
+HTTP status for each code is decided here, in :data:`INPUT_STATUS`.
 """
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
-from model_training.preprocessing import InputError
+from app.pages import render_index
+from cxr.errors import InputError
 
 log = logging.getLogger("cxr.errors")
 
@@ -31,6 +33,21 @@ HTTP_CODES = {
     500: "internal_error",
     503: "not_ready",
 }
+
+# The core's input error codes -> the status the API answers with (others: 422).
+INPUT_STATUS = {
+    "empty_input": 400,
+    "image_too_large": 413,
+    "unsupported_media_type": 415,
+    "undecodable_image": 422,
+    "image_too_small": 422,
+    "not_an_image": 422,
+}
+
+
+def input_status(exc: InputError) -> int:
+    """The HTTP status for an input error: 400, 413, 415 or 422, by its code."""
+    return INPUT_STATUS.get(exc.code, 422)
 
 
 class ApiError(Exception):
@@ -56,14 +73,10 @@ def wants_html() -> bool:
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None):
     if wants_html():
-        from app.routes import render_index  # the form page shows its own errors
-
-        if request.path == "/":
+        if request.path == "/":  # the form page shows its own errors
             response = render_index(error=message, status=status)
         else:
             response = render_template("error.html", status=status, message=message), status
-        from flask import make_response
-
         response = make_response(response)
     else:
         response = jsonify({"error": {"code": code, "message": message}})
@@ -80,7 +93,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(InputError)
     def _input_error(exc: InputError):
-        return error_response(exc.status, exc.code, str(exc))
+        return error_response(input_status(exc), exc.code, str(exc))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException):

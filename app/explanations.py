@@ -12,8 +12,8 @@ from __future__ import annotations
 import base64
 import time
 
-from model_training.explain import DEFAULT_OPACITY, MAX_SIDE, explain_gray
-from model_training.preprocessing import decode_image
+from cxr.decode import decode_image
+from cxr.gradcam import DEFAULT_OPACITY, MAX_SIDE, explain_gray
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("", "0", "false", "no", "off")

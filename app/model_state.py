@@ -45,7 +45,7 @@ class ModelState:
         return self.ready
 
     def _load(self) -> None:
-        from app.inference import load_predictor  # TensorFlow import happens here, in the worker
+        from cxr.inference import load_predictor  # TensorFlow import happens here, in the worker
 
         started = time.perf_counter()
         try:

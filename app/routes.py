@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, make_response, render_template, request
+from flask import Blueprint, current_app, jsonify, request
 
 from app.errors import ApiError
 from app.explanations import explain_upload, parse_flag
+from app.pages import DISCLAIMER, model_state, render_index
 from app.security import key_matches, presented_key
-from model_training.metadata import CLASS_NAMES
-from model_training.preprocessing import accepted_formats_text
+from cxr.metadata import CLASS_NAMES
 
 bp = Blueprint("web", __name__)
-
-DISCLAIMER = (
-    "Research demo, not a diagnosis: this model has not been clinically validated. "
-    "Do not use it for medical decisions."
-)
-
-
-def _state():
-    return current_app.extensions["cxr_model"]
 
 
 def _predictor():
     """The loaded model; waits briefly for one still loading (fresh worker), else 503."""
-    state = _state()
+    state = model_state()
     if not state.ready and state.loading:
         state.wait(current_app.config["READY_WAIT_S"])
     if not state.ready:
@@ -94,17 +85,6 @@ def _classify_explained(data: bytes, explain: str | bool) -> dict:
     return result
 
 
-def render_index(result: dict | None = None, error: str | None = None, status: int = 200):
-    state = _state()
-    model = state.predictor.model_info() if state.ready else None
-    body = render_template(
-        "index.html", result=result, error=error, model=model, disclaimer=DISCLAIMER,
-        api_key_required=bool(current_app.config["API_KEY"]),
-        max_upload_mb=current_app.config["MAX_UPLOAD_MB"], accepted=accepted_formats_text(),
-    )
-    return make_response(body, status)
-
-
 @bp.get("/")
 def index():
     return render_index()
@@ -137,7 +117,7 @@ def healthz():
 @bp.get("/readyz")
 def readyz():
     """Readiness: 200 only once the model is loaded and warmed up."""
-    state = _state()
+    state = model_state()
     if not state.ready:
         reason = state.error or "the model is still loading"
         raise ApiError(503, "not_ready", f"Service not ready: {reason}.", {"Retry-After": "5"})

@@ -27,7 +27,7 @@ DEFAULT_IMAGE = ROOT.parent / "shared" / "data" / "cxr" / "test" / "covid"
 
 def random_model(directory: Path, size: int, head: str) -> Path:
     """A 224 px classifier with random weights: same graph and cost as a trained one."""
-    from model_training.metadata import CLASS_NAMES, write_json_atomic
+    from cxr.metadata import CLASS_NAMES, write_json_atomic
     from model_training.model import build_classifier
 
     path = directory / f"random_{head}_{size}.h5"
@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
 
-    from app.inference import load_predictor
-    from model_training import explain
+    from cxr.inference import load_predictor
+    from cxr import gradcam
 
     image = Path(args.image) if args.image else sorted(DEFAULT_IMAGE.glob("*.jpg"))[0]
     data = image.read_bytes()
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
         predictor = load_predictor(model, backend=args.backend)
         source = predictor
         plain, explained = interleaved_ms(lambda: predictor.predict_bytes(data),
-                                          lambda: explain.explain_bytes(source, data), args.repeats)
+                                          lambda: gradcam.explain_bytes(source, data), args.repeats)
     result = {"model": str(args.model or f"random {args.head} {args.size}px"), "image": image.name,
               "backend": predictor.backend,
               "predict_ms": round(plain, 2), "explain_ms": round(explained, 2),

@@ -115,7 +115,7 @@ def floor_ms(input_size: int, cores: int, gflops_per_core: float) -> float:
 
 
 def machine() -> dict:
-    from app.inference import usable_cores
+    from cxr.inference import usable_cores
 
     info = {"cpu": platform.processor() or "unknown", "cores": usable_cores(), "python": platform.python_version(),
             "platform": platform.platform()}
@@ -149,7 +149,7 @@ def child_forward(model: str, backend: str, images: list[str], repeats: int) -> 
     import numpy as np
 
     started = time.perf_counter()
-    from app.inference import load_predictor
+    from cxr.inference import load_predictor
 
     predictor = load_predictor(model, backend=backend)
     load_s = time.perf_counter() - started
@@ -186,7 +186,7 @@ def child_baseline(model: str, images: list[str], predicts: int) -> dict:
     import numpy as np
 
     from model_training.model import load_classifier
-    from model_training.preprocessing import load_image_bytes
+    from cxr.preprocessing import load_image_bytes
 
     started = time.perf_counter()
     classifier = load_classifier(model)
@@ -572,15 +572,15 @@ def main(argv=None) -> int:
     model, origin = resolve_model(args.model, data_dir, args.fallback_size)
     model = model.resolve()
 
+    from cxr.metadata import read_metadata, sha256_file
     from model_training.export import ensure_export
-    from model_training.metadata import read_metadata, sha256_file
 
     if "onnx" in backends:
         ensure_export(model, log=log)
     size = int(read_metadata(model)["input_size"])
     images = [str(p) for p in sample_images(data_dir, args.images)]
     payloads = [Path(p).read_bytes() for p in images]
-    from app.inference import usable_cores
+    from cxr.inference import usable_cores
 
     cores = usable_cores()
     results = {
@@ -615,7 +615,7 @@ def main(argv=None) -> int:
     out_dir = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick
                                                        else ROOT / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from model_training.metadata import atomic_path, write_json_atomic
+    from cxr.metadata import atomic_path, write_json_atomic
 
     write_json_atomic(out_dir / "results.json", results)
     with atomic_path(out_dir / "RESULTS.md") as tmp:

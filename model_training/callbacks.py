@@ -16,7 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from .metadata import atomic_path, write_json_atomic
+from cxr.metadata import atomic_path, write_json_atomic
 
 STATE_FILE = "state.json"
 LAST_MODEL = "last.keras"

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .metadata import CLASS_NAMES
-from .preprocessing import InputError, decode_image, load_image_file
+from cxr.decode import decode_image
+from cxr.errors import InputError
+from cxr.metadata import CLASS_NAMES
+from cxr.preprocessing import load_image_file
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}

@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
 from .data import DataError, eval_dataset, list_split
-from .metadata import CLASS_NAMES, read_metadata, update_metadata, write_json_atomic
+from cxr.metadata import CLASS_NAMES, read_metadata, update_metadata, write_json_atomic
 
 
 def parse_args(argv=None) -> argparse.Namespace:

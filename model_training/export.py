@@ -13,8 +13,11 @@ second without importing TensorFlow, so the app serves this derived copy when it
                          largest probability difference against Keras on real X-rays.
 
 The export fails (and writes nothing) when that difference exceeds the tolerance. The app
-only compares the recorded sha256 with the ``.h5``'s (``export_status``), so a new model
-never meets a stale export. Only ``export``/``main`` import TensorFlow.
+only compares the recorded sha256 with the ``.h5``'s (``cxr.onnx_status.export_status``, where
+the graph's input and output names live too), so a new model never meets a stale export.
+Building the export (tf2onnx) is a training-side tool: the Makefile and the Docker build's
+export stage run it; the served image holds ``cxr/`` and not this package. Only
+``export``/``main`` import TensorFlow.
 """
 
 from __future__ import annotations
@@ -27,15 +30,19 @@ import platform
 import sys
 from pathlib import Path
 
-from .metadata import atomic_path, read_metadata, sha256_file, write_json_atomic
+from cxr.metadata import FEATURES_LAYER, atomic_path, read_metadata, sha256_file, write_json_atomic
+from cxr.onnx_status import (
+    EXPORT_FORMAT,
+    FEATURES_OUTPUT,
+    INPUT_NAME,
+    PROBS_OUTPUT,
+    export_meta_path,
+    export_status,
+    onnx_path,
+)
 
 TOLERANCE = 1e-4
 OPSET = 17
-INPUT_NAME = "image"
-PROBS_OUTPUT = "probabilities"
-FEATURES_OUTPUT = "conv5_block3_out"
-FEATURES_LAYER = "conv5_block3_out"
-EXPORT_FORMAT = 1
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cxr"
 DEFAULT_IMAGES = 8
 VERIFICATION_DIR = "verification"  # models/verification/: a few real X-rays shipped with the model
@@ -43,45 +50,6 @@ VERIFICATION_DIR = "verification"  # models/verification/: a few real X-rays shi
 
 class ExportError(Exception):
     """The export could not be made or did not match the Keras model."""
-
-
-def onnx_path(model_path: str | Path) -> Path:
-    return Path(model_path).with_suffix(".onnx")
-
-
-def export_meta_path(model_path: str | Path) -> Path:
-    return Path(model_path).with_suffix(".onnx.json")
-
-
-def export_status(model_path: str | Path, model_sha256: str | None = None) -> tuple[bool, str]:
-    """Is there a usable export for this exact ``.h5``? Returns (valid, reason).
-
-    Cheap and TensorFlow-free: reads the export's JSON and compares sha256 digests (of the
-    ``.h5``, and of the ``.onnx`` so a replaced or truncated graph is not trusted either).
-    """
-    model_path = Path(model_path)
-    graph, meta_file = onnx_path(model_path), export_meta_path(model_path)
-    if not graph.is_file() or not meta_file.is_file():
-        return False, f"no export next to {model_path} (run: python -m model_training.export --model {model_path})"
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError) as exc:
-        return False, f"{meta_file} unreadable: {exc}"
-    if meta.get("format") != EXPORT_FORMAT:
-        return False, f"{meta_file} has export format {meta.get('format')}, expected {EXPORT_FORMAT}"
-    sha = model_sha256 or sha256_file(model_path)
-    if meta.get("source_sha256") != sha:
-        return False, f"stale export: {graph} was made from another model (sha256 mismatch)"
-    if meta.get("onnx_sha256") != sha256_file(graph):
-        return False, f"{graph} does not match the sha256 recorded in {meta_file}"
-    verification = meta.get("verification") or {}
-    if not verification.get("passed"):
-        return False, f"{meta_file} does not record a passed verification"
-    return True, "valid"
-
-
-def read_export_meta(model_path: str | Path) -> dict:
-    return json.loads(export_meta_path(model_path).read_text())
 
 
 def default_data_dir(model_path: str | Path) -> Path:
@@ -138,8 +106,8 @@ def export(
     import tensorflow as tf
     import tf2onnx
 
-    from .model import load_classifier
-    from .preprocessing import load_image_bytes
+    from cxr.inference import load_classifier
+    from cxr.preprocessing import load_image_bytes
 
     classifier = load_classifier(model_path)
     two_outputs = keras.Model(

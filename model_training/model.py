@@ -16,7 +16,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
-from .metadata import CLASS_NAMES
+from cxr.inference import load_classifier  # noqa: F401 - the one loader, re-exported for training
+from cxr.metadata import CLASS_NAMES, HEAD_LAYER
 
 HEADS = ("flatten", "gap")
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -107,7 +108,7 @@ def build_classifier(
         x = layers.Dropout(dropout, name="head_dropout")(x)
     else:
         x = layers.Flatten(name="flatten")(x)
-    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name="predictions", dtype="float32")(x)
+    outputs = layers.Dense(len(CLASS_NAMES), activation="softmax", name=HEAD_LAYER, dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -140,8 +141,3 @@ def compile_model(model: keras.Model, learning_rate, *, weight_decay: float = 0.
         loss="categorical_crossentropy",
         metrics=["accuracy", CovidAUC(name="auc")],
     )
-
-
-def load_classifier(path: str | Path) -> keras.Model:
-    """Load a saved classifier for inference (no optimizer, no compile)."""
-    return keras.models.load_model(path, compile=False)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from .metadata import atomic_path  # noqa: E402
+from cxr.metadata import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

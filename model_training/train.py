@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 from .data import BALANCE_MODES, DataError, list_split
-from .metadata import (CLASS_NAMES, DEFAULT_THRESHOLD, atomic_path, read_metadata, sha256_file, sidecar_path,
+from cxr.metadata import (CLASS_NAMES, DEFAULT_THRESHOLD, atomic_path, read_metadata, sha256_file, sidecar_path,
                        write_json_atomic)
-from .preprocessing import PREPROCESSING_MODE
+from cxr.preprocessing import PREPROCESSING_MODE
 
 # Settings a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "patience", "out")
@@ -211,7 +211,7 @@ def train(args: argparse.Namespace) -> Path:
         "class_names": list(CLASS_NAMES),
         "positive_class": CLASS_NAMES[0],
         "preprocessing": {
-            "module": "model_training.preprocessing",
+            "module": "cxr.preprocessing",
             "mode": PREPROCESSING_MODE,
             "steps": "magic-byte decode, EXIF orientation, 8-bit gray, bilinear square resize, gray->3 channels, caffe mean subtraction",
         },

@@ -68,7 +68,7 @@ def test_predict_multipart_and_raw_body_agree(client, xray_bytes, tiny_model):
 def test_predict_matches_the_keras_model(client, sample_xrays, tiny_model):
     """The served answer is the model's own forward pass on the shared preprocessing."""
     from model_training.model import load_classifier
-    from model_training.preprocessing import load_image_file
+    from cxr.preprocessing import load_image_file
 
     model = load_classifier(tiny_model)
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]

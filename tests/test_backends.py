@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.inference import (
+from cxr.inference import (
     OnnxPredictor, TensorFlowPredictor, ThreadSettings, load_predictor, resolve_backend,
 )
-from model_training.metadata import sha256_file
+from cxr.metadata import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -88,7 +88,7 @@ def test_features_and_head_reproduce_the_probabilities(predictors, xray_bytes):
 def test_onnx_backend_never_imports_tensorflow(tiny_onnx_model, sample_xrays):
     code = (
         "import sys, numpy as np\n"
-        "from app.inference import load_predictor\n"
+        "from cxr.inference import load_predictor\n"
         f"p = load_predictor({str(tiny_onnx_model)!r})\n"
         f"pred = p.predict_bytes(open({str(sample_xrays['covid'][0])!r}, 'rb').read())\n"
         "probs, feats = p.forward_features(np.zeros((1, 64, 64, 3), np.float32))\n"

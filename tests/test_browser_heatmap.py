@@ -84,7 +84,7 @@ def test_show_heatmap_toggle(page, live_url, sample_xrays, tmp_path):
 
 def test_dicom_upload_through_the_page(page, live_url, sample_xrays, tmp_path):
     """Browsers cannot preview DICOM: the page still classifies it and shows the heatmap alone."""
-    from model_training.preprocessing import decode_image
+    from cxr.decode import decode_image
     from tests.test_dicom import PATIENT_NAME, make_dicom
 
     gray = decode_image(sample_xrays["normal"][1].read_bytes())

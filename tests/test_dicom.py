@@ -25,14 +25,11 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from model_training import dicom
-from model_training.preprocessing import (
-    InputError,
-    accepted_formats,
-    decode_image,
-    load_image_bytes,
-    sniff_format,
-)
+from app.errors import input_status
+from cxr import dicom
+from cxr.decode import accepted_formats, decode_image, sniff_format
+from cxr.errors import InputError
+from cxr.preprocessing import load_image_bytes
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "SECRET-4711"
@@ -174,7 +171,7 @@ def test_window_really_changes_the_image(sources):
 
 
 def test_same_prediction_as_the_source(tiny_model, sources):
-    from app.inference import load_predictor
+    from cxr.inference import load_predictor
 
     predictor = load_predictor(tiny_model)
     for jpeg, gray in sources:
@@ -193,7 +190,7 @@ def test_no_pixel_data_is_422(sources):
     data = make_dicom(None)
     with pytest.raises(InputError) as info:
         decode_image(data)
-    assert info.value.status == 422
+    assert input_status(info.value) == 422
     assert "no pixel data" in str(info.value)
 
 
@@ -203,7 +200,7 @@ def test_compressed_syntax_without_codec_is_415_naming_it(sources, syntax):
     data = make_dicom(gray, transfer_syntax=syntax, encapsulated=b"\xff\xd8\xff\xd9")
     with pytest.raises(InputError) as info:
         decode_image(data)
-    assert info.value.status == 415
+    assert input_status(info.value) == 415
     assert str(syntax) in str(info.value) and syntax.name in str(info.value)
 
 
@@ -212,7 +209,7 @@ def test_damaged_pixel_data_is_422(sources):
     data = make_dicom(gray, transfer_syntax=JPEGBaseline8Bit, encapsulated=b"\xff\xd8garbage")
     with pytest.raises(InputError) as info:
         decode_image(data)
-    assert info.value.status == 422
+    assert input_status(info.value) == 422
     # A JPEG whose scan holds an invalid marker decodes "fine" to a half-gray image in
     # libjpeg; like a JPEG upload, the DICOM frame is refused instead.
     jpeg = bytearray(sources[0][0])
@@ -221,17 +218,17 @@ def test_damaged_pixel_data_is_422(sources):
     data = make_dicom(gray, transfer_syntax=JPEGBaseline8Bit, encapsulated=bytes(jpeg))
     with pytest.raises(InputError) as info:
         decode_image(data)
-    assert info.value.status == 422 and "corrupt" in str(info.value)
+    assert input_status(info.value) == 422 and "corrupt" in str(info.value)
     truncated = make_dicom(gray)[:200]
     with pytest.raises(InputError) as info:
         decode_image(truncated)
-    assert info.value.status == 422
+    assert input_status(info.value) == 422
 
 
 def test_too_small_dicom_is_422():
     with pytest.raises(InputError) as info:
         decode_image(make_dicom(np.zeros((16, 16), np.uint8)))
-    assert info.value.status == 422 and info.value.code == "image_too_small"
+    assert input_status(info.value) == 422 and info.value.code == "image_too_small"
 
 
 def test_patient_tags_are_never_read(sources):

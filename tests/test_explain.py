@@ -12,14 +12,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cxr import gradcam
+from cxr.decode import decode_image
+from cxr.preprocessing import preprocess_gray
 from model_training import explain
-from model_training.preprocessing import decode_image, preprocess_gray
 
 
 @pytest.fixture(scope="module")
 def source(tiny_model):
     """The app's own predictor (TensorFlow backend: tiny_model has no ONNX export)."""
-    from app.inference import load_predictor
+    from cxr.inference import load_predictor
 
     return load_predictor(tiny_model, backend="tensorflow")
 
@@ -67,7 +69,7 @@ def test_gradcam_equals_gradient_tape_gap_head(tiny_model, grays):
         batch = preprocess_gray(gray, 64)[np.newaxis]
         feats = _features(model, batch)
         for c in (0, 1):
-            ours = explain.gradcam(feats, kernel, c, "gap")
+            ours = gradcam.gradcam(feats, kernel, c, "gap")
             np.testing.assert_allclose(ours, tape_gradcam(model, batch, c), atol=1e-4)
 
 
@@ -85,22 +87,22 @@ def test_gradcam_equals_gradient_tape_flatten_head(grays):
     assert feats.shape == (1, 3, 3, 2048)
     peaks = []
     for c in (0, 1):
-        ours = explain.gradcam(feats, kernel, c, "flatten")
+        ours = gradcam.gradcam(feats, kernel, c, "flatten")
         ref = tape_gradcam(model, batch, c)
         np.testing.assert_allclose(ours, ref, atol=1e-4)
         peaks.append(ref.max())
     assert max(peaks) > 0  # at least one class map is not trivially all zero
     with pytest.raises(ValueError):
-        explain.gradcam(feats, kernel, 0, "gap")  # the kernel's shape gives a wrong head away
-    assert explain.head_type_for(kernel, feats.shape[1:], "gap") == "flatten"
-    assert explain.head_type_for(kernel[:2048], feats.shape[1:], "flatten") == "gap"
+        gradcam.gradcam(feats, kernel, 0, "gap")  # the kernel's shape gives a wrong head away
+    assert gradcam.head_type_for(kernel, feats.shape[1:], "gap") == "flatten"
+    assert gradcam.head_type_for(kernel[:2048], feats.shape[1:], "flatten") == "gap"
     with pytest.raises(ValueError):
-        explain.head_type_for(kernel[:100], feats.shape[1:])
+        gradcam.head_type_for(kernel[:100], feats.shape[1:])
 
 
 def test_heatmap_shape_range_and_not_constant(source, grays):
     for gray in grays:
-        exp = explain.explain_gray(source, gray)
+        exp = gradcam.explain_gray(source, gray)
         assert exp.heatmap.shape == (2, 2)  # 64 px input / 32 = conv5 resolution
         assert exp.heatmap.dtype == np.float32
         assert exp.heatmap.min() >= 0 and exp.heatmap.max() <= 1
@@ -112,25 +114,25 @@ def test_heatmap_shape_range_and_not_constant(source, grays):
 def test_heatmap_changes_when_the_image_changes(source, grays):
     """Different X-rays (and a mirrored one) must not all give the same map."""
     images = grays + [np.ascontiguousarray(grays[0][:, ::-1])]
-    maps = [explain.explain_gray(source, g).heatmap for g in images]
+    maps = [gradcam.explain_gray(source, g).heatmap for g in images]
     assert any(not np.allclose(maps[0], m) for m in maps[1:])
 
 
 def test_requested_class_and_probabilities_match_the_predictor(tiny_model, source, grays):
-    from app.inference import load_predictor
+    from cxr.inference import load_predictor
 
     predictor = load_predictor(tiny_model)
     gray = grays[0]
     plain = predictor.predict_array(preprocess_gray(gray, predictor.input_size))
-    covid = explain.explain_gray(source, gray, "Covid")
-    normal = explain.explain_gray(source, gray, "Normal")
+    covid = gradcam.explain_gray(source, gray, "Covid")
+    normal = gradcam.explain_gray(source, gray, "Normal")
     assert covid.label == plain.label
     for name, p in plain.probabilities.items():
         assert covid.probabilities[name] == pytest.approx(p, abs=1e-5)
     assert (covid.explained_class, normal.explained_class) == ("Covid", "Normal")
     assert not np.allclose(covid.heatmap, normal.heatmap)
     with pytest.raises(ValueError):
-        explain.explain_gray(source, gray, "Pneumonia")
+        gradcam.explain_gray(source, gray, "Pneumonia")
 
 
 def _png(gray: np.ndarray, size: tuple[int, int]) -> bytes:
@@ -142,7 +144,7 @@ def _png(gray: np.ndarray, size: tuple[int, int]) -> bytes:
 @pytest.mark.parametrize("size, expected", [((900, 600), (512, 341)), ((400, 700), (293, 512)),
                                             ((224, 224), (224, 224))])
 def test_overlay_png_is_valid_with_the_upload_aspect(source, grays, size, expected):
-    exp, png = explain.explain_bytes(source, _png(grays[1], size))
+    exp, png = gradcam.explain_bytes(source, _png(grays[1], size))
     image = Image.open(io.BytesIO(png))
     image.verify()
     image = Image.open(io.BytesIO(png))
@@ -155,13 +157,13 @@ def test_overlay_png_is_valid_with_the_upload_aspect(source, grays, size, expect
 def test_opacity_blends_gray_and_colormap(grays):
     gray = grays[0]
     heat = np.array([[0.0, 0.25], [0.5, 1.0]], dtype=np.float32)
-    plain = np.asarray(explain.overlay(gray, heat, opacity=0.0))
+    plain = np.asarray(gradcam.overlay(gray, heat, opacity=0.0))
     assert np.array_equal(plain[..., 0], gray) and np.array_equal(plain[..., 2], gray)
-    full = np.asarray(explain.overlay(gray, heat, opacity=1.0, colormap="viridis"))
-    lut = explain.colormap_lut("viridis")
+    full = np.asarray(gradcam.overlay(gray, heat, opacity=1.0, colormap="viridis"))
+    lut = gradcam.colormap_lut("viridis")
     assert (full[0, 0] == lut[0]).all() and (full[-1, -1] == lut[255]).all()
     with pytest.raises(ValueError):
-        explain.overlay(gray, heat, opacity=1.5)
+        gradcam.overlay(gray, heat, opacity=1.5)
 
 
 def test_dicom_upload_gives_the_same_overlay(source, sample_xrays):
@@ -181,7 +183,7 @@ def test_dicom_upload_gives_the_same_overlay(source, sample_xrays):
     ds.PixelData = ((255 - gray.astype(np.uint16)) * 257).astype("<u2").tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    assert explain.explain_bytes(source, buf.getvalue())[1] == explain.explain_bytes(source, jpeg)[1]
+    assert gradcam.explain_bytes(source, buf.getvalue())[1] == gradcam.explain_bytes(source, jpeg)[1]
 
 
 def test_save_explain_grid(tiny_model, sample_xrays, tmp_path, source):

@@ -69,7 +69,7 @@ def test_explain_input_errors_are_json(client):
 
 def test_dicom_through_the_api_matches_the_jpeg(client, sample_xrays):
     jpeg = sample_xrays["covid"][2].read_bytes()
-    from model_training.preprocessing import decode_image
+    from cxr.decode import decode_image
 
     gray = decode_image(jpeg)
     dicom = make_dicom((255 - gray.astype(np.uint16)) * 257, photometric="MONOCHROME1",
@@ -90,7 +90,7 @@ def test_dicom_through_the_api_matches_the_jpeg(client, sample_xrays):
 def test_dicom_errors_through_the_api(client, sample_xrays):
     from pydicom.uid import JPEGLSLossless
 
-    from model_training.preprocessing import decode_image
+    from cxr.decode import decode_image
 
     gray = decode_image(sample_xrays["covid"][0].read_bytes())
     no_pixels = client.post("/predict", data=make_dicom(None), content_type="application/dicom")

@@ -9,9 +9,10 @@ import sys
 import numpy as np
 import pytest
 
-from app.inference import load_predictor
+from cxr import gradcam
+from cxr.decode import decode_image
+from cxr.inference import load_predictor
 from model_training import explain
-from model_training.preprocessing import decode_image
 from tests.web_support import ROOT
 
 pytestmark = pytest.mark.slow
@@ -25,8 +26,8 @@ def predictors(tiny_onnx_model):
 def test_both_backends_give_the_same_explanation(predictors, sample_xrays):
     for path in sample_xrays["covid"][:2] + sample_xrays["normal"][:2]:
         gray = decode_image(path.read_bytes())
-        onnx = explain.explain_gray(predictors["onnx"], gray)
-        tf = explain.explain_gray(predictors["tensorflow"], gray)
+        onnx = gradcam.explain_gray(predictors["onnx"], gray)
+        tf = gradcam.explain_gray(predictors["tensorflow"], gray)
         assert onnx.label == tf.label and onnx.explained_class == tf.explained_class
         assert onnx.probabilities["Covid"] == pytest.approx(tf.probabilities["Covid"], abs=1e-4)
         np.testing.assert_allclose(onnx.heatmap, tf.heatmap, atol=1e-3)

@@ -13,11 +13,9 @@ import h5py
 import numpy as np
 import pytest
 
-from model_training.export import (
-    ExportError, FEATURES_OUTPUT, PROBS_OUTPUT, TOLERANCE, ensure_export, export, export_meta_path,
-    export_status, onnx_path,
-)
-from model_training.metadata import sha256_file
+from cxr.metadata import sha256_file
+from cxr.onnx_status import FEATURES_OUTPUT, PROBS_OUTPUT, export_meta_path, export_status, onnx_path
+from model_training.export import ExportError, TOLERANCE, ensure_export, export
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -64,7 +62,7 @@ def test_onnx_graph_matches_keras_on_real_xrays(tiny_onnx_model, sample_xrays):
     import onnxruntime as ort
 
     from model_training.model import load_classifier
-    from model_training.preprocessing import load_image_bytes
+    from cxr.preprocessing import load_image_bytes
 
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
     batch = np.stack([load_image_bytes(p.read_bytes(), 64) for p in paths])
@@ -87,12 +85,12 @@ def test_stale_export_is_detected(tiny_onnx_model, tmp_path):
     valid, reason = export_status(model)
     assert not valid and "stale" in reason
 
-    result = run_python("from app.inference import load_predictor; print(load_predictor(%r).backend)" % str(model),
+    result = run_python("from cxr.inference import load_predictor; print(load_predictor(%r).backend)" % str(model),
                         INFERENCE_BACKEND="auto")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "tensorflow"
 
-    forced = run_python("from app.inference import load_predictor; load_predictor(%r)" % str(model),
+    forced = run_python("from cxr.inference import load_predictor; load_predictor(%r)" % str(model),
                         INFERENCE_BACKEND="onnx")
     assert forced.returncode != 0 and "stale export" in forced.stderr
 

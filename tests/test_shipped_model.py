@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from model_training.metadata import CLASS_NAMES, read_metadata, sha256_file
+from cxr.metadata import CLASS_NAMES, read_metadata, sha256_file
 
 from .conftest import ROOT
 
@@ -19,7 +19,7 @@ REPORT = ROOT / "reports" / "covid_resnet50"
 
 @pytest.fixture(scope="module")
 def shipped_predictor():
-    from app.inference import load_predictor
+    from cxr.inference import load_predictor
 
     return load_predictor(MODEL, backend="tensorflow")
 

@@ -15,9 +15,9 @@ import h5py
 import numpy as np
 import pytest
 
+from cxr.metadata import CLASS_NAMES, atomic_path, read_metadata, sha256_file
+from cxr.preprocessing import load_image_bytes, load_image_file
 from model_training import data, evaluate, train
-from model_training.metadata import CLASS_NAMES, atomic_path, read_metadata, sha256_file
-from model_training.preprocessing import load_image_bytes, load_image_file
 
 from .conftest import ROOT, TINY_SIZE
 

@@ -1,32 +1,23 @@
-"""The one image preprocessing shared by training, evaluation and the web app.
+"""PNG and JPEG: reading Pillow formats into an 8-bit gray array, and the checks before that.
 
-Train/serve skew is the classic bug of image classifiers, so every path that turns
-bytes into a model input goes through :func:`load_image_bytes`. It uses only Pillow
-and NumPy on purpose: the web app can then serve a non-TensorFlow runtime without
-importing TensorFlow, and the tf.data pipeline calls the very same function through
-``tf.numpy_function``.
-
-Steps: detect the format from the bytes (never from a file name), decode with Pillow
-restricted to that format, apply the EXIF orientation, reduce to 8-bit grayscale
-(16-bit is scaled by 1/257), resize to a square with bilinear filtering, repeat the
-gray channel three times and apply ResNet50's ``preprocess_input`` in "caffe" mode
-(BGR mean subtraction, no scaling).
+Decoding is restricted to the format the magic bytes name (never a file name); the header's
+size is checked before any pixel is decoded (decompression bombs, thumbnails); a JPEG's marker
+structure is walked first, because libjpeg only warns about a corrupt scan and fills the rest
+with gray. EXIF orientation is applied; 16-bit values are scaled by 1/257 (65535 -> 255).
+``cxr.dicom`` reuses :func:`check_dimensions` and :func:`check_jpeg_structure`; the dispatcher
+over both formats is ``cxr.decode``. Only Pillow and NumPy.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-PREPROCESSING_MODE = "caffe"
-# keras.applications.imagenet_utils "caffe" means, in BGR order.
-CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+from .errors import ImageTooLarge, ImageTooSmall, InputError, UndecodableImage
 
-ACCEPTED_FORMATS = ("PNG", "JPEG", "DICOM")
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # 50 MP: far above any X-ray export, far below a decompression bomb
 
@@ -36,46 +27,7 @@ _MAGIC = (
 )
 
 
-class InputError(ValueError):
-    """An input the model cannot use; carries the HTTP status and code the app answers with."""
-
-    status = 422
-    code = "undecodable_image"
-
-
-class EmptyInput(InputError):
-    status = 400
-    code = "empty_input"
-
-
-class UnsupportedFormat(InputError):
-    status = 415
-    code = "unsupported_media_type"
-
-
-class ImageTooLarge(InputError):
-    status = 413
-    code = "image_too_large"
-
-
-class UndecodableImage(InputError):
-    status = 422
-    code = "undecodable_image"
-
-
-class ImageTooSmall(InputError):
-    status = 422
-    code = "image_too_small"
-
-
-class NotAnImage(UndecodableImage):
-    """Bytes that match no image signature at all (random data, text named .png)."""
-
-    status = 422
-    code = "not_an_image"
-
-
-# Image formats we recognise but do not read: these get 415 rather than 422.
+# Image formats we recognise but do not read: UnsupportedFormat rather than NotAnImage (cxr.decode).
 _OTHER_IMAGE_MAGIC = (
     (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"), (b"\xffO\xffQ", "JPEG 2000"),
@@ -92,47 +44,6 @@ def _other_image_format(data: bytes) -> str | None:
         if data.startswith(magic):
             return name
     return None
-
-
-def accepted_formats_text() -> str:
-    return ", ".join(accepted_formats())
-
-
-def accepted_formats() -> tuple[str, ...]:
-    return ACCEPTED_FORMATS
-
-
-def sniff_format(data: bytes) -> str | None:
-    """Return the format named by the leading magic bytes, or None."""
-    for magic, name in _MAGIC:
-        if data.startswith(magic):
-            return name
-    if data[128:132] == b"DICM":  # DICOM Part 10: 128-byte preamble, then the magic
-        return "DICOM"
-    return None
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """Decode image bytes to a 2-D uint8 grayscale array, or raise an :class:`InputError`."""
-    if not data:
-        raise EmptyInput("The upload is empty.")
-    fmt = sniff_format(data)
-    if fmt is None:
-        other = _other_image_format(data)
-        if other is not None:
-            raise UnsupportedFormat(
-                f"{other} images are not supported. Accepted formats: {accepted_formats_text()}."
-            )
-        raise NotAnImage(
-            f"The data is not an image we recognise. Accepted formats: {accepted_formats_text()}."
-        )
-    if fmt == "DICOM":
-        from .dicom import decode_dicom  # pydicom is imported only when a DICOM arrives
-
-        return decode_dicom(data)
-    if fmt == "JPEG":
-        check_jpeg_structure(data)
-    return _decode_pillow(data, fmt)
 
 
 # JPEG markers that stand alone (no length field): TEM and the restart markers RST0-7.
@@ -270,21 +181,3 @@ def to_gray8(image: Image.Image) -> np.ndarray:
             image = image.convert("RGB")
         image = image.convert("L")
     return np.asarray(image, dtype=np.uint8)
-
-
-def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
-    """Resize a uint8 gray image to (size, size) and apply caffe preprocessing -> float32 HxWx3."""
-    resized = Image.fromarray(gray, mode="L").resize(
-        (image_size, image_size), Image.Resampling.BILINEAR
-    )
-    g = np.asarray(resized, dtype=np.float32)
-    return np.stack([g, g, g], axis=-1) - CAFFE_MEAN_BGR
-
-
-def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
-    """Bytes in, model input out: the single entry point for training and serving."""
-    return preprocess_gray(decode_image(data), image_size)
-
-
-def load_image_file(path: str | Path, image_size: int) -> np.ndarray:
-    return load_image_bytes(Path(path).read_bytes(), image_size)

@@ -1,5 +1,5 @@
 """DICOM decoding: X-rays as radiology systems actually store them, to the same 8-bit gray
-array :func:`model_training.preprocessing.decode_image` gives for PNG and JPEG.
+array ``cxr.images`` gives for PNG and JPEG (``cxr.decode`` dispatches to both).
 
 Why it is written this way:
 
@@ -16,7 +16,7 @@ Why it is written this way:
   a PNG export of the same pixels give the same input.
 * Compressed transfer syntaxes are decoded when pydicom can with the installed packages
   (RLE Lossless natively, JPEG Baseline/Extended and JPEG 2000 through Pillow); any other
-  syntax is refused with 415 naming it, before any pixel data is touched.
+  syntax is refused (``UnsupportedFormat``) naming it, before any pixel data is touched.
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ import io
 
 import numpy as np
 
-from .preprocessing import (
-    UndecodableImage,
-    UnsupportedFormat,
-    check_dimensions,
-    check_jpeg_structure,
-)
+from .errors import UndecodableImage, UnsupportedFormat
+from .images import check_dimensions, check_jpeg_structure
 
 #: The only data elements read from an upload (plus the file meta group, which pydicom
 #: always reads and which holds no patient data).
@@ -96,7 +92,7 @@ def _read(data: bytes):
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), specific_tags=list(IMAGE_TAGS))
-        # Elements are parsed lazily; touch the few we need so damage surfaces here as 422.
+        # Elements are parsed lazily; touch the few we need so damage surfaces here as UndecodableImage.
         for keyword in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored"):
             ds.get(keyword)
         return ds

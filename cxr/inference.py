@@ -1,9 +1,10 @@
-"""Model loading and the one compiled inference call the web app makes per request.
+"""Loading a predictor and the one compiled inference call each request makes (app, CLIs, bench).
 
 Two backends run the same trained ``.h5``:
 
 * ``onnx``: ONNX Runtime on ``<model>.onnx``, the export ``model_training.export`` derives
-  from the ``.h5`` and verifies against Keras. About twice as fast as TensorFlow on CPU, ready
+  from the ``.h5`` and verifies against Keras (``make export``, the Docker build); this module
+  only checks that it is current (``cxr.onnx_status``) and never converts anything. About twice as fast as TensorFlow on CPU, ready
   in about a second, a third of the memory, and this module never imports TensorFlow for it.
 * ``tensorflow``: the Keras model wrapped in a ``tf.function`` with a fixed input signature
   (``model.predict`` builds a data pipeline per call and costs about twice the forward pass).
@@ -41,12 +42,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model_training.metadata import CLASS_NAMES, POSITIVE_CLASS, read_metadata, sha256_file
-from model_training.preprocessing import load_image_bytes
+from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_metadata, sha256_file
+from .preprocessing import load_image_bytes
 
 BACKENDS = ("auto", "onnx", "tensorflow")
-FEATURES_LAYER = "conv5_block3_out"
-HEAD_LAYER = "predictions"
 
 
 @dataclass
@@ -162,8 +161,7 @@ class Predictor:
 
     def prediction_from(self, probs: np.ndarray, inference_ms: float) -> Prediction:
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs)}
-        positive = probabilities[POSITIVE_CLASS]
-        label = POSITIVE_CLASS if positive >= self.threshold else _other(self.class_names)
+        label = decide(probabilities, self.threshold, self.class_names)
         return Prediction(label, probabilities, self.threshold, inference_ms)
 
     def predict_bytes(self, data: bytes) -> Prediction:
@@ -186,10 +184,6 @@ class _NoGate:
         return False
 
 
-def _other(class_names) -> str:
-    return next(c for c in class_names if c != POSITIVE_CLASS)
-
-
 def read_head_weights(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     import h5py
 
@@ -201,6 +195,13 @@ def read_head_weights(model_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(group[kernel], dtype=np.float32), np.asarray(group[bias], dtype=np.float32)
 
 
+def load_classifier(path: str | Path):
+    """Load a saved Keras classifier for inference (no optimizer, no compile); imports Keras."""
+    import keras
+
+    return keras.models.load_model(path, compile=False)
+
+
 class TensorFlowPredictor(Predictor):
     backend = "tensorflow"
 
@@ -209,8 +210,6 @@ class TensorFlowPredictor(Predictor):
         import tensorflow as tf
 
         import keras
-
-        from model_training.model import load_classifier
 
         try:  # only possible before TensorFlow's runtime starts (not in a process that trained)
             tf.config.threading.set_intra_op_parallelism_threads(self.threads.intra_op)
@@ -242,7 +241,7 @@ class OnnxPredictor(Predictor):
         super().__init__(model_path, metadata, sha256, threads)
         import onnxruntime as ort
 
-        from model_training.export import FEATURES_OUTPUT, INPUT_NAME, PROBS_OUTPUT, onnx_path
+        from .onnx_status import FEATURES_OUTPUT, INPUT_NAME, PROBS_OUTPUT, onnx_path
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads.intra_op
@@ -265,7 +264,7 @@ class OnnxPredictor(Predictor):
 
 def resolve_backend(model_path: str | Path, sha256: str, requested: str | None = None) -> tuple[str, str]:
     """Which backend serves ``model_path``: (backend, why). Raises for an unusable request."""
-    from model_training.export import export_status
+    from .onnx_status import export_status
 
     requested = (requested or os.environ.get("INFERENCE_BACKEND") or "auto").strip().lower()
     if requested not in BACKENDS:

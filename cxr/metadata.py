@@ -1,8 +1,12 @@
-"""Model metadata (the sidecar ``<model>.json``) and atomic file writes.
+"""The model's facts: sidecar metadata (``<model>.json``), class order, graph names, the
+decision rule, sha256 and atomic file writes.
 
 The app needs nothing but the ``.h5`` and this sidecar to serve a model: input size,
 class order, preprocessing mode and decision threshold all live here, so they can never
-drift from what training used. Nothing in this module imports TensorFlow.
+drift from what training used. The graph names (the last feature map Grad-CAM reads, the
+Dense head) and the "Covid when p >= threshold" rule are declared once, here, for the
+model builder, the exporter, both inference backends and Grad-CAM. Nothing in this module
+imports TensorFlow.
 """
 
 from __future__ import annotations
@@ -17,6 +21,15 @@ from pathlib import Path
 CLASS_NAMES = ("Covid", "Normal")  # index 0 = Covid, index 1 = Normal; fixed, never inferred
 POSITIVE_CLASS = "Covid"
 DEFAULT_THRESHOLD = 0.5
+FEATURES_LAYER = "conv5_block3_out"  # ResNet50's last feature map: Grad-CAM and the ONNX export read it
+HEAD_LAYER = "predictions"  # the Dense softmax head
+
+
+def decide(probabilities: dict[str, float], threshold: float, class_names=CLASS_NAMES) -> str:
+    """The label: the positive class (Covid) exactly when its probability reaches ``threshold``."""
+    if probabilities[POSITIVE_CLASS] >= threshold:
+        return POSITIVE_CLASS
+    return next(c for c in class_names if c != POSITIVE_CLASS)
 
 
 def sidecar_path(model_path: str | Path) -> Path:

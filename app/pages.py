@@ -1,0 +1,33 @@
+"""The upload page: rendering ``index.html`` (empty, with a result, or with an error), the
+research-demo notice every answer carries, and the accessor for this worker's model state.
+
+Its own module so that ``routes`` (the form's results) and ``errors`` (the form's error page)
+both use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from flask import current_app, make_response, render_template
+
+from cxr.decode import accepted_formats_text
+
+DISCLAIMER = (
+    "Research demo, not a diagnosis: this model has not been clinically validated. "
+    "Do not use it for medical decisions."
+)
+
+
+def model_state():
+    """This worker's ``app.model_state.ModelState`` (registered by ``create_app``)."""
+    return current_app.extensions["cxr_model"]
+
+
+def render_index(result: dict | None = None, error: str | None = None, status: int = 200):
+    state = model_state()
+    model = state.predictor.model_info() if state.ready else None
+    body = render_template(
+        "index.html", result=result, error=error, model=model, disclaimer=DISCLAIMER,
+        api_key_required=bool(current_app.config["API_KEY"]),
+        max_upload_mb=current_app.config["MAX_UPLOAD_MB"], accepted=accepted_formats_text(),
+    )
+    return make_response(body, status)

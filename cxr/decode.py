@@ -1,0 +1,57 @@
+"""Upload bytes -> 2-D uint8 gray image: one dispatcher by format, the readers as siblings below it.
+
+The format comes from the leading magic bytes (never from a file name): PNG and JPEG go to
+``cxr.images`` (Pillow), DICOM to ``cxr.dicom`` (pydicom, imported only when a DICOM arrives).
+Known image formats we do not read get ``UnsupportedFormat``; anything else ``NotAnImage``.
+Decoding never calls back up into preprocessing: ``cxr.preprocessing`` sits above this module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import EmptyInput, NotAnImage, UnsupportedFormat
+from .images import _MAGIC, _decode_pillow, _other_image_format, check_jpeg_structure
+
+ACCEPTED_FORMATS = ("PNG", "JPEG", "DICOM")
+
+
+def accepted_formats_text() -> str:
+    return ", ".join(accepted_formats())
+
+
+def accepted_formats() -> tuple[str, ...]:
+    return ACCEPTED_FORMATS
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Return the format named by the leading magic bytes, or None."""
+    for magic, name in _MAGIC:
+        if data.startswith(magic):
+            return name
+    if data[128:132] == b"DICM":  # DICOM Part 10: 128-byte preamble, then the magic
+        return "DICOM"
+    return None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Decode image bytes to a 2-D uint8 grayscale array, or raise an :class:`InputError`."""
+    if not data:
+        raise EmptyInput("The upload is empty.")
+    fmt = sniff_format(data)
+    if fmt is None:
+        other = _other_image_format(data)
+        if other is not None:
+            raise UnsupportedFormat(
+                f"{other} images are not supported. Accepted formats: {accepted_formats_text()}."
+            )
+        raise NotAnImage(
+            f"The data is not an image we recognise. Accepted formats: {accepted_formats_text()}."
+        )
+    if fmt == "DICOM":
+        from .dicom import decode_dicom  # pydicom is imported only when a DICOM arrives
+
+        return decode_dicom(data)
+    if fmt == "JPEG":
+        check_jpeg_structure(data)
+    return _decode_pillow(data, fmt)

@@ -1,0 +1,44 @@
+"""The one image preprocessing shared by training, evaluation and the web app.
+
+Train/serve skew is the classic bug of image classifiers, so every path that turns
+bytes into a model input goes through :func:`load_image_bytes`. It uses only Pillow
+and NumPy on purpose: the web app can then serve a non-TensorFlow runtime without
+importing TensorFlow, and the tf.data pipeline calls the very same function through
+``tf.numpy_function``.
+
+Steps: decode the bytes to 8-bit gray (``cxr.decode``: format from the bytes, EXIF
+orientation, 16-bit scaled by 1/257, DICOM's display pipeline), resize to a square with
+bilinear filtering, repeat the gray channel three times and apply ResNet50's
+``preprocess_input`` in "caffe" mode (BGR mean subtraction, no scaling).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .decode import decode_image
+
+PREPROCESSING_MODE = "caffe"
+# keras.applications.imagenet_utils "caffe" means, in BGR order.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
+
+
+def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
+    """Resize a uint8 gray image to (size, size) and apply caffe preprocessing -> float32 HxWx3."""
+    resized = Image.fromarray(gray, mode="L").resize(
+        (image_size, image_size), Image.Resampling.BILINEAR
+    )
+    g = np.asarray(resized, dtype=np.float32)
+    return np.stack([g, g, g], axis=-1) - CAFFE_MEAN_BGR
+
+
+def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
+    """Bytes in, model input out: the single entry point for training and serving."""
+    return preprocess_gray(decode_image(data), image_size)
+
+
+def load_image_file(path: str | Path, image_size: int) -> np.ndarray:
+    return load_image_bytes(Path(path).read_bytes(), image_size)
