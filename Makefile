@@ -48,6 +48,7 @@ model-runtime: venv
 bench: dev model-runtime
 	$(PY) bench/serving.py
 
+# The whole suite; tests/test_architecture.py runs lint-imports on .importlinter (the house's doors).
 test: dev
 	$(PY) -m pytest
 
