@@ -1,6 +1,9 @@
 # The web app as a container: what App Engine flex (runtime: custom) builds and runs, and
 # what `docker run` runs locally. Same Python as the tests, same gunicorn command as `make run`.
-FROM python:3.11-slim
+# Three stages: `runtime` (Python and the pinned requirements), `export` (a build stage that
+# runs the training-side ONNX exporter) and the final image, which holds the app and the
+# core (cxr/) but no model_training/.
+FROM python:3.11-slim AS runtime
 
 # No .pyc litter, logs straight to stdout, no pip cache in the image. PORT is what App Engine
 # sets (8080); gunicorn.conf.py binds 0.0.0.0:$PORT.
@@ -21,19 +24,26 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cxr
 COPY requirements.txt ./
 RUN pip install --no-cache-dir -r requirements.txt
 
-# Only what the app needs: code, templates, static files, gunicorn config, the model and
-# a few real X-rays (models/verification/) to verify the ONNX export against Keras.
+# Build stage: the verified ONNX Runtime export, so a container serves the fast backend and
+# is ready in seconds without importing TensorFlow. The exporter is training code
+# (model_training/, tf2onnx); it runs here and does not reach the final image. A valid export
+# from the build context (make export) is kept as is; converting needs ~6.5 GB of builder
+# memory. models/verification/ holds a few real X-rays to verify the export against Keras.
+FROM runtime AS export
+COPY cxr/ cxr/
 COPY model_training/ model_training/
+COPY models/ models/
+RUN python -m model_training.export --model "$MODEL_PATH" --data-dir models/verification --if-missing
+
+# The served image: only what the app needs: the app, the core, templates, static files,
+# gunicorn config, and the model with its export (from the build stage).
+FROM runtime
+COPY cxr/ cxr/
 COPY app/ app/
 COPY templates/ templates/
 COPY static/ static/
 COPY gunicorn.conf.py ./
-COPY models/ models/
-
-# Build the verified ONNX Runtime export into the image, so a container serves the fast
-# backend and is ready in seconds without importing TensorFlow. A valid export from the
-# build context (make export) is kept as is; converting needs ~6.5 GB of builder memory.
-RUN python -m model_training.export --model "$MODEL_PATH" --data-dir models/verification --if-missing
+COPY --from=export /srv/models/ models/
 
 # Never run as root; the app only reads its files (owned by root, world-readable).
 USER 10001

@@ -40,6 +40,48 @@ def dockerfile(path: Path = ROOT / "Dockerfile") -> list[Instruction]:
     return instructions
 
 
+@dataclass
+class Stage:
+    name: str | None
+    base: str
+    instructions: list[Instruction]
+
+
+def stages(instructions: list[Instruction]) -> list[Stage]:
+    """The build stages in order: ``FROM base [AS name]`` and the instructions up to the next FROM."""
+    result: list[Stage] = []
+    for ins in instructions:
+        if ins.keyword == "FROM":
+            words = ins.args.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
+            result.append(Stage(name, words[0], []))
+        elif result:
+            result[-1].instructions.append(ins)
+    return result
+
+
+def external_bases(instructions: list[Instruction]) -> list[str]:
+    """The images the build starts from (a FROM naming an earlier stage is not one)."""
+    names, bases = set(), []
+    for stage in stages(instructions):
+        if stage.base not in names:
+            bases.append(stage.base)
+        names.add(stage.name)
+    return bases
+
+
+def copy_from_stages(instructions: list[Instruction]) -> list[tuple[str, str, str]]:
+    """(stage, source, destination) of every ``COPY --from=stage``."""
+    triples = []
+    for ins in instructions:
+        words = shlex.split(ins.args)
+        stage = next((w.split("=", 1)[1] for w in words if w.startswith("--from=")), None)
+        if ins.keyword == "COPY" and stage:
+            *sources, dest = [w for w in words if not w.startswith("--")]
+            triples += [(stage, src, dest) for src in sources]
+    return triples
+
+
 def copy_sources(instructions: list[Instruction]) -> list[tuple[str, str]]:
     """(source, destination) of every COPY/ADD from the build context."""
     pairs = []

@@ -1,9 +1,11 @@
 """The container's start-up, reproduced without Docker.
 
 A fresh virtualenv from ``requirements.txt`` alone stands in for the image's pip layer; an
-empty folder receives exactly what the Dockerfile's COPY instructions (filtered by
-``.dockerignore``) would put in the image; the Dockerfile's own export step and CMD then run
-there with ``PORT`` set. A file or dependency the image lacks fails this test.
+empty folder receives exactly what the export build stage's COPY instructions (filtered by
+``.dockerignore``) would put in it and the Dockerfile's own export step runs there; a second
+empty folder receives what the final stage copies (from the context and, ``COPY --from``, from
+the build stage), and the CMD runs there with ``PORT`` set. A file or dependency the image
+lacks fails this test, and the served image must not hold ``model_training/``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.deploy_support import ROOT, context_files, copy_sources, dockerfile, env_defaults
+from tests.deploy_support import (
+    ROOT, context_files, copy_from_stages, copy_sources, dockerfile, env_defaults, stages,
+)
 
 pytestmark = pytest.mark.slow
 SHIPPED_MODEL = ROOT / "models" / "covid_resnet50.h5"
@@ -50,10 +54,12 @@ def image_venv() -> Path:
     return venv
 
 
-def build_context(target: Path, tiny_model: Path, sample_xrays) -> list[str]:
-    """Copy what the Dockerfile copies into ``target``; returns notes on substitutions."""
+def build_context(target: Path, tiny_model: Path, sample_xrays, instructions=None) -> list[str]:
+    """Copy what ``instructions`` (default: the whole Dockerfile) copy from the build context
+    into ``target``; returns notes on substitutions."""
     notes = []
-    for source, dest in copy_sources(dockerfile()):
+    pairs = copy_sources(dockerfile() if instructions is None else instructions)
+    for source, dest in pairs:
         src = ROOT / source
         if source.startswith("models") and not src.exists():
             continue  # handled below
@@ -62,6 +68,8 @@ def build_context(target: Path, tiny_model: Path, sample_xrays) -> list[str]:
             out = target / dest / relative if (src.is_dir() or dest.endswith("/")) else target / dest
             out.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(file, out)
+    if not any(source.startswith("models") for source, _ in pairs):
+        return notes
     model = target / env_defaults(dockerfile())["MODEL_PATH"]
     if not model.exists():
         model.parent.mkdir(parents=True, exist_ok=True)
@@ -84,17 +92,31 @@ def image_env(venv: Path, docker_env: dict[str, str], **extra) -> dict[str, str]
 
 
 def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_xrays):
-    image = tmp_path / "srv"
-    image.mkdir()
-    notes = build_context(image, tiny_model, sample_xrays)
     instructions = dockerfile()
     docker_env = env_defaults(instructions)
-    assert not (image / "tests").exists() and not (image / ".venv").exists()
+    workdir = Path(next(ins.args for ins in instructions if ins.keyword == "WORKDIR"))
+    all_stages = stages(instructions)
+    builder_stage = next(stage for stage in all_stages if any(
+        ins.keyword == "RUN" and "model_training.export" in ins.args for ins in stage.instructions))
+    export = next(ins for ins in builder_stage.instructions
+                  if ins.keyword == "RUN" and "model_training.export" in ins.args)
 
-    export = next(ins for ins in instructions if ins.keyword == "RUN" and "model_training.export" in ins.args)
-    result = subprocess.run(["/bin/sh", "-c", export.args], cwd=image, env=image_env(image_venv, docker_env),
+    builder = tmp_path / "export-stage"
+    builder.mkdir()
+    notes = build_context(builder, tiny_model, sample_xrays, builder_stage.instructions)
+    result = subprocess.run(["/bin/sh", "-c", export.args], cwd=builder, env=image_env(image_venv, docker_env),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+    image = tmp_path / "srv"
+    image.mkdir()
+    final = all_stages[-1].instructions
+    build_context(image, tiny_model, sample_xrays, final)
+    for stage, source, dest in copy_from_stages(final):
+        assert stage == builder_stage.name, f"COPY --from={stage}: only the export stage is reproduced here"
+        shutil.copytree(builder / Path(source).relative_to(workdir), image / dest, dirs_exist_ok=True)
+    assert not (image / "tests").exists() and not (image / ".venv").exists()
+    assert not (image / "model_training").exists(), "the served image must not hold training code"
     assert (image / docker_env["MODEL_PATH"]).with_suffix(".onnx").exists()
 
     port = _free_port()

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from tests.deploy_support import (
-    ROOT, context_files, copy_sources, dockerfile, dockerignore_patterns, env_defaults, ignored,
-    makefile_run_command,
+    ROOT, context_files, copy_from_stages, copy_sources, dockerfile, dockerignore_patterns, env_defaults,
+    external_bases, ignored, makefile_run_command, stages,
 )
 
 # The flexible environment's documented app.yaml keys (cloud.google.com/appengine/docs/
@@ -115,7 +115,7 @@ def test_hadolint_passes():
 
 
 def test_dockerfile_basics(docker):
-    base = [ins.args for ins in docker if ins.keyword == "FROM"]
+    base = external_bases(docker)
     assert base == ["python:3.11-slim"], "the image's Python must be the one the tests run on"
     assert sys.version_info[:2] == (3, 11)
     keywords = [ins.keyword for ins in docker]
@@ -124,6 +124,17 @@ def test_dockerfile_basics(docker):
     assert pip < first_code_copy, "dependencies must be installed before the code is copied (layer cache)"
     assert keywords.count("HEALTHCHECK") == 1
     assert "/healthz" in next(ins.args for ins in docker if ins.keyword == "HEALTHCHECK")
+
+
+def test_served_image_holds_the_app_and_the_core_not_training_code(docker):
+    """The final stage copies app/ and cxr/; model_training/ (the exporter) stays in the build stage."""
+    final = stages(docker)[-1]
+    copied = {source.rstrip("/") for source, _ in copy_sources(final.instructions)}
+    assert {"app", "cxr", "templates", "static", "gunicorn.conf.py"} <= copied
+    assert "model_training" not in copied
+    assert [(stage, dest) for stage, _, dest in copy_from_stages(final.instructions)] == [("export", "models/")]
+    builder = next(stage for stage in stages(docker) if stage.name == "export")
+    assert any(ins.keyword == "RUN" and "model_training.export" in ins.args for ins in builder.instructions)
 
 
 def test_dockerfile_runs_as_non_root(docker):
