@@ -42,6 +42,8 @@ INPUT_STATUS = {
     "undecodable_image": 422,
     "image_too_small": 422,
     "not_an_image": 422,
+    "not_a_chest_xray": 422,
+    "lateral_view": 422,
 }
 
 

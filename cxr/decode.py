@@ -1,7 +1,9 @@
 """Upload bytes -> 2-D uint8 gray image: one dispatcher by format, the readers as siblings below it.
 
 The format comes from the leading magic bytes (never from a file name): PNG and JPEG go to
-``cxr.images`` (Pillow), DICOM to ``cxr.dicom`` (pydicom, imported only when a DICOM arrives).
+``cxr.images`` (Pillow), DICOM to ``cxr.dicom`` (pydicom, imported only when a DICOM arrives):
+Part 10 files by ``DICM`` at byte 128, bare datasets (no preamble, no file meta) when their
+first bytes look like a first data element and they then parse as an image.
 Known image formats we do not read get ``UnsupportedFormat``; anything else ``NotAnImage``.
 Decoding never calls back up into preprocessing: ``cxr.preprocessing`` sits above this module.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .dicom import decode_dicom, looks_like_dataset
 from .errors import EmptyInput, NotAnImage, UnsupportedFormat
 from .images import _MAGIC, _decode_pillow, _other_image_format, check_jpeg_structure
 
@@ -31,6 +34,8 @@ def sniff_format(data: bytes) -> str | None:
             return name
     if data[128:132] == b"DICM":  # DICOM Part 10: 128-byte preamble, then the magic
         return "DICOM"
+    if looks_like_dataset(data):  # maybe a bare DICOM dataset (no preamble, no file meta)
+        return "DICOM"
     return None
 
 
@@ -40,18 +45,23 @@ def decode_image(data: bytes) -> np.ndarray:
         raise EmptyInput("The upload is empty.")
     fmt = sniff_format(data)
     if fmt is None:
-        other = _other_image_format(data)
-        if other is not None:
-            raise UnsupportedFormat(
-                f"{other} images are not supported. Accepted formats: {accepted_formats_text()}."
-            )
-        raise NotAnImage(
-            f"The data is not an image we recognise. Accepted formats: {accepted_formats_text()}."
-        )
+        raise _unknown(data)
     if fmt == "DICOM":
-        from .dicom import decode_dicom  # pydicom is imported only when a DICOM arrives
-
-        return decode_dicom(data)
+        try:
+            return decode_dicom(data)  # pydicom is imported only when a DICOM arrives
+        except NotAnImage:  # bare bytes that did not parse as a DICOM dataset after all
+            raise _unknown(data) from None
     if fmt == "JPEG":
         check_jpeg_structure(data)
     return _decode_pillow(data, fmt)
+
+
+def _unknown(data: bytes) -> UnsupportedFormat | NotAnImage:
+    other = _other_image_format(data)
+    if other is not None:
+        return UnsupportedFormat(
+            f"{other} images are not supported. Accepted formats: {accepted_formats_text()}."
+        )
+    return NotAnImage(
+        f"The data is not an image we recognise. Accepted formats: {accepted_formats_text()}."
+    )

@@ -3,9 +3,19 @@ array ``cxr.images`` gives for PNG and JPEG (``cxr.decode`` dispatches to both).
 
 Why it is written this way:
 
-* Privacy: only the image-related tags listed in :data:`IMAGE_TAGS` are parsed
+* Privacy: only the image-related tags listed in :data:`IMAGE_TAGS` and the header tags of
+  ``cxr.dicom_header`` (Modality, Body Part Examined, View Position) are parsed
   (``dcmread(specific_tags=...)``); patient names, IDs and dates are never read, so they
   cannot leak into a response, a log line or an error message.
+* The header speaks first: a file whose header says it is not a frontal chest radiograph
+  is refused (``cxr.dicom_header``) before the transfer syntax is looked at or any pixel
+  is decoded.
+* Tolerant reading: a file without the 128-byte preamble and file meta (older archives) is
+  read when its first bytes are a plausible first data element (:func:`looks_like_dataset`)
+  and it parses into a dataset with pixel data and image size, or a Modality; its transfer
+  syntax (implicit/explicit VR, byte order) is the one pydicom found while parsing. A file
+  whose meta omits the transfer syntax is treated the same way. Anything else stays
+  ``NotAnImage``.
 * Display pipeline of DICOM PS3.3 C.11, in order: stored values -> Modality LUT or
   Rescale Slope/Intercept -> VOI LUT or Window Center/Width -> MONOCHROME1 (or an
   INVERSE Presentation LUT) inverted -> 8 bits. The LUT and window code is our own: pydicom
@@ -14,19 +24,25 @@ Why it is written this way:
 * Without a VOI LUT or window, the nominal output range (from Bits Stored and the rescale)
   is mapped linearly to 0-255: the same rule as 16-bit PNGs (65535 -> 255), so a DICOM and
   a PNG export of the same pixels give the same input.
-* Compressed transfer syntaxes are decoded when pydicom can with the installed packages
-  (RLE Lossless natively, JPEG Baseline/Extended and JPEG 2000 through Pillow); any other
-  syntax is refused (``UnsupportedFormat``) naming it, before any pixel data is touched.
+* Compressed transfer syntaxes are decoded by the plugins ``cxr.dicom_codecs`` orders (GDCM,
+  pylibjpeg-openjpeg, pylibjpeg-rle, pyjpegls, Pillow); a syntax none of them reads is
+  refused (``UnsupportedFormat``) naming it, before any pixel data is touched.
+* Deflated datasets are inflated here with a bound (:data:`MAX_INFLATED_BYTES`): pydicom
+  would inflate a deflate bomb whole.
 """
 
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 
-from .errors import UndecodableImage, UnsupportedFormat
-from .images import check_dimensions, check_jpeg_structure
+from .dicom_codecs import check_frame, decode_first_frame, plugins_for
+from .dicom_header import HEADER_TAGS, check_header
+from .errors import ImageTooLarge, NotAnImage, UndecodableImage, UnsupportedFormat
+from .images import MAX_PIXELS, check_dimensions
 
 #: The only data elements read from an upload (plus the file meta group, which pydicom
 #: always reads and which holds no patient data).
@@ -45,103 +61,185 @@ IMAGE_TAGS = (
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
+#: A deflated dataset may inflate to at most this many bytes (the pixels of the largest
+#: image ``check_dimensions`` lets through, 16-bit RGB, plus room for the header).
+MAX_INFLATED_BYTES = MAX_PIXELS * 6 + (1 << 20)
+
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+# Value Representations, for recognising an explicit-VR first element without a preamble.
+_VRS = {
+    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FD", b"FL", b"IS", b"LO", b"LT", b"OB",
+    b"OD", b"OF", b"OL", b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM",
+    b"UC", b"UI", b"UL", b"UN", b"UR", b"US", b"UT", b"UV",
+}
+
 
 def supported_transfer_syntaxes() -> list[str]:
     """Names of the transfer syntaxes this installation decodes (uncompressed ones included)."""
-    from pydicom.pixels import get_decoder
     from pydicom.uid import AllTransferSyntaxes, UID
 
-    names = []
-    for uid in AllTransferSyntaxes:
-        try:
-            if get_decoder(UID(uid)).is_available:
-                names.append(UID(uid).name)
-        except NotImplementedError:
+    return [UID(uid).name for uid in AllTransferSyntaxes if plugins_for(UID(uid))]
+
+
+def looks_like_dataset(data: bytes) -> bool:
+    """Whether ``data`` may be a DICOM dataset without preamble and file meta: its first
+    element is in group 0002 (file meta) or 0008 (identification), little or big endian,
+    with a known explicit VR or a plausible implicit-VR length. Cheap; decides nothing alone."""
+    if len(data) < 16:
+        return False
+    for order in "<>":
+        group, _element = struct.unpack(order + "HH", data[:4])
+        if group not in (0x0002, 0x0008):
             continue
-    return names
+        if data[4:6] in _VRS:
+            return True
+        if order == "<" and struct.unpack("<I", data[4:8])[0] <= len(data) - 8:
+            return True
+    return False
 
 
 def decode_dicom(data: bytes) -> np.ndarray:
-    """DICOM Part 10 bytes -> 2-D uint8 gray (first frame), or raise an ``InputError``."""
-    ds = _read(data)
-    _check_transfer_syntax(ds)
+    """DICOM bytes -> 2-D uint8 gray (first frame), or raise an ``InputError``.
+
+    Part 10 files (``DICM`` at byte 128) and, tolerantly, bare datasets without preamble and
+    file meta (see :func:`looks_like_dataset`)."""
+    ds = read_header(data)
+    check_header(ds)
+    return decode_pixels(ds)
+
+
+def read_header(data: bytes):
+    """Parse the image and header tags only; ``NotAnImage`` for a bare dataset that does not
+    parse as an image, ``UndecodableImage`` for a damaged Part 10 file."""
+    part10 = data[128:132] == b"DICM"
+    try:
+        ds = _read(data, force=not part10)
+    except (ImageTooLarge, UndecodableImage):
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types on damaged files
+        if not part10:
+            raise _not_an_image() from None
+        raise UndecodableImage(
+            f"The DICOM file could not be read ({exc.__class__.__name__})."
+        ) from None
+    if not part10:
+        has_image = any(k in ds for k in _PIXEL_KEYWORDS) and "Rows" in ds and "Columns" in ds
+        if not (has_image or ds.get("Modality")):
+            raise _not_an_image()
+    return ds
+
+
+def decode_pixels(ds) -> np.ndarray:
+    """The first frame of a parsed dataset as 2-D uint8 gray; the header rules are not
+    applied here (``decode_dicom`` does that first)."""
+    tsyntax = _transfer_syntax(ds)
+    plugins = plugins_for(tsyntax)
+    if not plugins:
+        label = tsyntax.name if tsyntax.is_valid and tsyntax.name != str(tsyntax) else "unknown"
+        raise UnsupportedFormat(
+            f"DICOM transfer syntax {label} ({tsyntax}) cannot be decoded here. Send it "
+            "uncompressed, deflated, RLE, JPEG (baseline, extended, lossless), JPEG-LS, "
+            "JPEG 2000 or HTJ2K, or as a PNG/JPEG export."
+        )
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise UndecodableImage("The DICOM file has no pixel data (it is not an image).")
+    if "Rows" not in ds or "Columns" not in ds:
+        raise UndecodableImage("The DICOM file has pixel data but no Rows/Columns.")
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_dimensions(cols, rows, what="DICOM image")
-    _check_jpeg_frame(ds)
+    check_frame(ds, str(tsyntax))
     try:
-        from pydicom.pixels import pixel_array
-
-        arr = pixel_array(ds, index=0)
+        arr = decode_first_frame(ds, plugins)
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
         if photometric in ("MONOCHROME1", "MONOCHROME2"):
             return _monochrome_to_gray8(arr, ds, photometric)
         return _color_to_gray8(arr, ds, photometric)
     except (UndecodableImage, UnsupportedFormat):
         raise
+    except MemoryError:
+        raise ImageTooLarge("The DICOM image is too large to decode in memory.") from None
     except Exception as exc:  # pydicom raises many types for damaged pixel data
         raise UndecodableImage(
             f"The DICOM pixel data could not be decoded ({exc.__class__.__name__})."
         ) from None
 
 
-def _read(data: bytes):
+def _not_an_image() -> NotAnImage:
+    # cxr.decode words it for the user (with the accepted formats) when it passes through.
+    return NotAnImage("The data is neither a DICOM file nor a DICOM dataset.")
+
+
+def _read(data: bytes, force: bool):
     import pydicom
-    from pydicom.errors import InvalidDicomError
 
+    tags = list(IMAGE_TAGS) + list(HEADER_TAGS)
+    ds = _read_deflated(data, tags) if not force else None
+    if ds is None:
+        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=tags, force=force)
+    # Elements are parsed lazily; touch the few we need so damage surfaces here.
+    for keyword in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored") + HEADER_TAGS:
+        ds.get(keyword)
+    return ds
+
+
+def _read_deflated(data: bytes, tags: list[str]):
+    """A Deflated Explicit VR Little Endian file, inflated with a bound; None for any other."""
+    if _DEFLATED.encode() not in data[:4096]:
+        return None
+    from pydicom.dataset import FileDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+
+    fp = DicomBytesIO(data)
+    preamble = read_preamble(fp, False)
+    meta = _read_file_meta_info(fp)
+    if meta.get("TransferSyntaxUID") != _DEFLATED:
+        return None
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), specific_tags=list(IMAGE_TAGS))
-        # Elements are parsed lazily; touch the few we need so damage surfaces here as UndecodableImage.
-        for keyword in ("Rows", "Columns", "PhotometricInterpretation", "BitsStored"):
-            ds.get(keyword)
-        return ds
-    except (InvalidDicomError, EOFError, OSError, ValueError, KeyError, TypeError,
-            AttributeError, NotImplementedError) as exc:
-        raise UndecodableImage(
-            f"The DICOM file could not be read ({exc.__class__.__name__})."
-        ) from None
-
-
-def _check_transfer_syntax(ds) -> None:
-    from pydicom.pixels import get_decoder
-    from pydicom.uid import UID
-
-    tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    if not tsyntax:
-        raise UndecodableImage("The DICOM file declares no transfer syntax.")
-    tsyntax = UID(str(tsyntax))
-    try:
-        available = get_decoder(tsyntax).is_available
-    except NotImplementedError:
-        available = False
-    if not available:
-        label = tsyntax.name if tsyntax.is_valid and tsyntax.name != str(tsyntax) else "unknown"
-        raise UnsupportedFormat(
-            f"DICOM transfer syntax {label} ({tsyntax}) cannot be decoded here. "
-            "Send uncompressed, RLE Lossless, JPEG Baseline/Extended or JPEG 2000 DICOM, "
-            "or a PNG/JPEG export."
+        raw = inflater.decompress(data[fp.tell():], MAX_INFLATED_BYTES + 1)
+    except zlib.error:
+        raise UndecodableImage("The deflated DICOM dataset could not be inflated.") from None
+    if len(raw) > MAX_INFLATED_BYTES:
+        raise ImageTooLarge(
+            f"The deflated DICOM dataset inflates to more than "
+            f"{MAX_INFLATED_BYTES // 1_000_000} MB; refused before reading it."
         )
+    from pydicom.tag import Tag
+
+    dataset = read_dataset(DicomBytesIO(raw), False, True, specific_tags=[Tag(t) for t in tags])
+    ds = FileDataset(io.BytesIO(raw), dataset, preamble, meta, False, True)
+    ds.set_original_encoding(False, True, dataset._character_set)
+    return ds
 
 
-def _check_jpeg_frame(ds) -> None:
-    """A JPEG frame gets the same structural check as a JPEG upload: libjpeg fills a corrupt
-    scan with gray and only warns, and the model would answer on that half-gray image."""
-    from pydicom.encaps import get_frame
-    from pydicom.uid import JPEGBaseline8Bit, JPEGExtended12Bit
+def _transfer_syntax(ds):
+    """The declared transfer syntax; without one (bare dataset, or meta without it) the
+    encoding pydicom found while parsing, when the pixel data is native (not encapsulated)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-    if ds.file_meta.TransferSyntaxUID not in (JPEGBaseline8Bit, JPEGExtended12Bit):
-        return
-    try:
-        frames = int(ds.get("NumberOfFrames", 1) or 1)
-        frame = get_frame(ds.PixelData, 0, number_of_frames=frames)
-    except Exception as exc:  # malformed encapsulation
+    meta = getattr(ds, "file_meta", None)
+    declared = meta.get("TransferSyntaxUID") if meta is not None else None
+    if declared:
+        return UID(str(declared))
+    implicit, little = ds.original_encoding
+    encapsulated = False
+    if "PixelData" in ds:
+        element = ds.get_item("PixelData")
+        encapsulated = getattr(element, "length", 0) == 0xFFFFFFFF or getattr(
+            element, "is_undefined_length", False)
+    if implicit is None or encapsulated:
         raise UndecodableImage(
-            f"The DICOM pixel data could not be decoded ({exc.__class__.__name__})."
-        ) from None
-    if not frame.startswith(b"\xff\xd8"):
-        raise UndecodableImage("The DICOM JPEG frame does not start with a JPEG marker.")
-    check_jpeg_structure(frame)
+            "The DICOM file declares no transfer syntax and its pixel data is compressed."
+        )
+    tsyntax = ImplicitVRLittleEndian if implicit else (
+        ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = tsyntax
+    return tsyntax
 
 
 def _monochrome_to_gray8(arr: np.ndarray, ds, photometric: str) -> np.ndarray:

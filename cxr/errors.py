@@ -39,3 +39,16 @@ class NotAnImage(UndecodableImage):
     """Bytes that match no image signature at all (random data, text named .png)."""
 
     code = "not_an_image"
+
+
+class NotAChestXray(InputError):
+    """An image that is not a chest radiograph: a DICOM header naming another modality or body
+    part (``cxr.dicom_header``); the image-content gate may raise it too."""
+
+    code = "not_a_chest_xray"
+
+
+class LateralView(InputError):
+    """A lateral chest radiograph: the model reads frontal (PA/AP) views only."""
+
+    code = "lateral_view"

@@ -37,6 +37,14 @@ def sample_xrays(data_dir) -> dict[str, list[Path]]:
 
 
 @pytest.fixture(scope="session")
+def shipped_predictor():
+    """The shipped model (``models/covid_resnet50.h5``) on the TensorFlow backend, loaded once."""
+    from cxr.inference import load_predictor
+
+    return load_predictor(ROOT / "models" / "covid_resnet50.h5", backend="tensorflow")
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, data_dir) -> Path:
     """Train a real 64 px ResNet50 for one epoch on 64 real images with the project's CLI."""
     from model_training import train

@@ -11,6 +11,7 @@ lacks fails this test, and the served image must not hold ``model_training/``.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -118,6 +119,17 @@ def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_x
     assert not (image / "tests").exists() and not (image / ".venv").exists()
     assert not (image / "model_training").exists(), "the served image must not hold training code"
     assert (image / docker_env["MODEL_PATH"]).with_suffix(".onnx").exists()
+
+    # The DICOM decoders (README, "DICOM") come from requirements.txt alone.
+    codecs = subprocess.run(
+        ["python", "-c", "import json; from pydicom import uid; from cxr.dicom_codecs import plugins_for; "
+         "print(json.dumps([plugins_for(getattr(uid, n)) for n in ('JPEGLosslessSV1', "
+         "'JPEGExtended12Bit', 'JPEGLSLossless', 'JPEG2000', 'HTJ2K', 'RLELossless')]))"],
+        cwd=image, env=image_env(image_venv, docker_env), capture_output=True, text=True, timeout=120)
+    assert codecs.returncode == 0, codecs.stderr[-2000:]
+    sv1, extended, jpeg_ls, j2k, htj2k, rle = json.loads(codecs.stdout)
+    assert "gdcm" in sv1 and "gdcm-12bit" in extended and "pyjpegls" in jpeg_ls
+    assert "pylibjpeg" in j2k and htj2k == ["pylibjpeg"] and "pylibjpeg" in rle
 
     port = _free_port()
     cmd = next(ins for ins in reversed(instructions) if ins.keyword == "CMD").exec_form()

@@ -18,9 +18,10 @@ from pydicom.uid import (  # noqa: E402
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    JPEG2000MCLossless,
     JPEGBaseline8Bit,
-    JPEGLosslessSV1,
     JPEGLSLossless,
+    MPEG4HP41,
     RLELossless,
     generate_uid,
 )
@@ -194,7 +195,7 @@ def test_no_pixel_data_is_422(sources):
     assert "no pixel data" in str(info.value)
 
 
-@pytest.mark.parametrize("syntax", [JPEGLosslessSV1, JPEGLSLossless])
+@pytest.mark.parametrize("syntax", [JPEG2000MCLossless, MPEG4HP41])
 def test_compressed_syntax_without_codec_is_415_naming_it(sources, syntax):
     _, gray = sources[0]
     data = make_dicom(gray, transfer_syntax=syntax, encapsulated=b"\xff\xd8\xff\xd9")
@@ -235,7 +236,7 @@ def test_patient_tags_are_never_read(sources):
     """Only image tags are parsed, so nothing identifying can reach a response or a log."""
     _, gray = sources[0]
     data = make_dicom(gray, transfer_syntax=JPEGLSLossless, encapsulated=b"\xff\xd8\xff\xd9")
-    ds = dicom._read(make_dicom(gray))
+    ds = dicom.read_header(make_dicom(gray))
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "StudyDate"):
         assert keyword not in ds
     with pytest.raises(InputError) as info:
@@ -247,3 +248,157 @@ def test_patient_tags_are_never_read(sources):
 def test_supported_syntaxes_listed():
     names = dicom.supported_transfer_syntaxes()
     assert "Explicit VR Little Endian" in names and RLELossless.name in names
+    assert JPEGLSLossless.name in names and JPEG2000MCLossless.name not in names
+
+
+# ---- the header speaks first -----------------------------------------------------------
+
+def _code(data: bytes) -> tuple[str, str]:
+    with pytest.raises(InputError) as info:
+        decode_image(data)
+    for secret in (PATIENT_NAME, "Doe", PATIENT_ID, "19700101", "20200401"):
+        assert secret not in str(info.value)
+    assert input_status(info.value) == 422, info.value
+    return info.value.code, str(info.value)
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR", "US", "NM", "PT", "MG", "XA", "OT", "SR", "RTDOSE"])
+def test_header_refuses_what_is_not_a_radiograph(sources, modality):
+    _, gray = sources[0]
+    code, message = _code(make_dicom(gray, Modality=modality))
+    assert code == "not_a_chest_xray" and f"Modality is {modality}" in message
+
+
+@pytest.mark.parametrize("body_part", ["HEAD", "CSPINE", "ABDOMEN", "CHESTABDOMEN", "KNEE"])
+def test_header_refuses_other_body_parts(sources, body_part):
+    _, gray = sources[0]
+    code, message = _code(make_dicom(gray, Modality="CR", BodyPartExamined=body_part))
+    assert code == "not_a_chest_xray" and body_part in message
+
+
+@pytest.mark.parametrize("view", ["LL", "RL", "LATERAL"])
+def test_header_refuses_lateral_views(sources, view):
+    _, gray = sources[0]
+    code, message = _code(make_dicom(gray, BodyPartExamined="CHEST", ViewPosition=view))
+    assert code == "lateral_view" and view in message
+
+
+def test_view_code_sequence_speaks_when_view_position_is_absent(sources):
+    _, gray = sources[0]
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = "399173006", "SCT", "left lateral"
+    code, message = _code(make_dicom(gray, ViewCodeSequence=[item]))
+    assert code == "lateral_view" and "left lateral" in message
+    item.CodeMeaning = "postero-anterior"
+    assert decode_image(make_dicom(gray, ViewCodeSequence=[item])).shape == gray.shape
+
+
+@pytest.mark.parametrize("tags", [
+    {"Modality": "CR", "BodyPartExamined": "CHEST", "ViewPosition": "PA"},
+    {"Modality": "DX", "BodyPartExamined": "PORTABLE CHEST", "ViewPosition": "AP"},
+    {"Modality": "RG", "BodyPartExamined": "THORAX", "ViewPosition": "RLD"},  # decubitus: frontal beam
+    {"Modality": "DX", "BodyPartExamined": ""},
+])
+def test_header_lets_frontal_chest_radiographs_through(sources, tags):
+    _, gray = sources[0]
+    np.testing.assert_array_equal(decode_image(make_dicom(gray, **tags)), gray)
+
+
+def test_header_speaks_before_any_pixel_work(sources):
+    """A CT is refused as a CT even when its syntax has no decoder or its pixels are garbage."""
+    _, gray = sources[0]
+    for syntax, frame in ((MPEG4HP41, b"\0\0\0\1"), (JPEGBaseline8Bit, b"\xff\xd8garbage")):
+        data = make_dicom(gray, Modality="CT", transfer_syntax=syntax, encapsulated=frame)
+        assert _code(data)[0] == "not_a_chest_xray"
+    assert _code(make_dicom(None, Modality="SR"))[0] == "not_a_chest_xray"
+
+
+def test_new_codes_map_to_422():
+    from cxr.errors import LateralView, NotAChestXray
+
+    assert input_status(NotAChestXray("x")) == 422 and NotAChestXray.code == "not_a_chest_xray"
+    assert input_status(LateralView("x")) == 422 and LateralView.code == "lateral_view"
+
+
+# ---- tolerant reading: bare datasets (no preamble, no file meta) ---------------------------
+
+def bare(data: bytes, implicit: bool = False, little: bool = True) -> bytes:
+    """The same dataset written without the 128-byte preamble and the file meta group."""
+    from pydicom.filewriter import dcmwrite
+
+    plain = Dataset()
+    plain.update(pydicom.dcmread(io.BytesIO(data)))
+    buffer = io.BytesIO()
+    dcmwrite(buffer, plain, implicit_vr=implicit, little_endian=little)
+    assert buffer.getvalue()[128:132] != b"DICM"
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian])
+def test_bare_dataset_is_read(sources, syntax):
+    _, gray = sources[0]
+    data = make_dicom(gray.astype(np.uint16) * 257, transfer_syntax=syntax)
+    plain = bare(data, implicit=syntax.is_implicit_VR, little=syntax.is_little_endian)
+    assert sniff_format(plain) == "DICOM"
+    np.testing.assert_array_equal(decode_image(plain), gray)
+    assert _code(bare(make_dicom(gray, Modality="MR")))[0] == "not_a_chest_xray"
+
+
+def test_meta_without_transfer_syntax_is_read(sources):
+    _, gray = sources[0]
+    ds = pydicom.dcmread(io.BytesIO(make_dicom(gray)))
+    del ds.file_meta.TransferSyntaxUID
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    np.testing.assert_array_equal(decode_image(buffer.getvalue()), gray)
+
+
+def test_random_bytes_and_lookalikes_stay_not_an_image():
+    rng = np.random.default_rng(15)
+    for _ in range(200):
+        data = rng.integers(0, 256, int(rng.integers(1, 4000)), dtype=np.uint8).tobytes()
+        with pytest.raises(InputError) as info:
+            decode_image(data)
+        assert info.value.code in ("not_an_image", "unsupported_media_type"), info.value
+    # Bytes that pass the cheap look (group 0008, a real VR) but are no dataset.
+    for tail in (b"", b"garbage" * 50, rng.integers(0, 256, 3000, dtype=np.uint8).tobytes()):
+        for head in (b"\x08\x00\x05\x00CS\x0a\x00ISO_IR 100", b"\x08\x00\x16\x00\x1c\x00\x00\x00"):
+            assert dicom.looks_like_dataset(head + tail) or len(head + tail) < 16
+            with pytest.raises(InputError) as info:
+                decode_image(head + tail)
+            assert info.value.code == "not_an_image", (head, info.value)
+
+
+# ---- bombs: refused before anything large is allocated ------------------------------------
+
+def test_deflate_bomb_is_refused_before_inflating(sources, monkeypatch):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    _, gray = sources[0]
+    deflated = pydicom.dcmread(io.BytesIO(make_dicom(gray)))
+    deflated.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    deflated.save_as(buffer, enforce_file_format=True)
+    np.testing.assert_array_equal(decode_image(buffer.getvalue()), gray)
+    monkeypatch.setattr(dicom, "MAX_INFLATED_BYTES", gray.size // 2)
+    with pytest.raises(InputError) as info:
+        decode_image(buffer.getvalue())
+    assert info.value.code == "image_too_large" and input_status(info.value) == 413
+
+
+def test_frame_claiming_another_size_is_refused_before_decoding(sources):
+    """A few bytes of JPEG 2000 or JPEG claiming 60000x60000 pixels never reach a decoder."""
+    _, gray = sources[0]
+    j2k = io.BytesIO()
+    Image.fromarray(gray).save(j2k, "JPEG2000", irreversible=False, no_jp2=True)
+    codestream = bytearray(j2k.getvalue())
+    siz = codestream.find(b"\xff\x51")
+    codestream[siz + 6:siz + 14] = (60000).to_bytes(4, "big") * 2  # Xsiz, Ysiz
+    data = make_dicom(gray, transfer_syntax=JPEG2000Lossless, encapsulated=bytes(codestream))
+    code, message = _code(data)
+    assert code == "undecodable_image" and "60000x60000" in message
+    jpeg = bytearray(sources[0][0])
+    sof = jpeg.find(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = (60000).to_bytes(2, "big") * 2
+    code, message = _code(make_dicom(gray, transfer_syntax=JPEGBaseline8Bit, encapsulated=bytes(jpeg)))
+    assert code == "undecodable_image" and "60000x60000" in message

@@ -17,13 +17,6 @@ MODEL = ROOT / "models" / "covid_resnet50.h5"
 REPORT = ROOT / "reports" / "covid_resnet50"
 
 
-@pytest.fixture(scope="module")
-def shipped_predictor():
-    from cxr.inference import load_predictor
-
-    return load_predictor(MODEL, backend="tensorflow")
-
-
 def test_shipped_model_matches_its_recorded_sha256():
     meta = read_metadata(MODEL)
     assert meta["sha256"] == sha256_file(MODEL)
