@@ -28,7 +28,9 @@ def accepted_formats() -> tuple[str, ...]:
 
 
 def sniff_format(data: bytes) -> str | None:
-    """Return the format named by the leading magic bytes, or None."""
+    """Return the format named by the leading magic bytes, or None. "DICOM" also for bytes
+    that may be a bare dataset (:func:`cxr.dicom.looks_like_dataset`): only parsing tells, and
+    ``decode_image`` answers ``NotAnImage`` when it fails."""
     for magic, name in _MAGIC:
         if data.startswith(magic):
             return name

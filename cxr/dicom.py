@@ -41,7 +41,7 @@ import numpy as np
 
 from .dicom_codecs import check_frame, decode_first_frame, plugins_for
 from .dicom_header import HEADER_TAGS, check_header
-from .errors import ImageTooLarge, NotAnImage, UndecodableImage, UnsupportedFormat
+from .errors import ImageTooLarge, InputError, NotAnImage, UndecodableImage, UnsupportedFormat
 from .images import MAX_PIXELS, check_dimensions
 
 #: The only data elements read from an upload (plus the file meta group, which pydicom
@@ -105,7 +105,14 @@ def decode_dicom(data: bytes) -> np.ndarray:
     Part 10 files (``DICM`` at byte 128) and, tolerantly, bare datasets without preamble and
     file meta (see :func:`looks_like_dataset`)."""
     ds = read_header(data)
-    check_header(ds)
+    try:
+        check_header(ds)
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a header value pydicom cannot convert
+        raise UndecodableImage(
+            f"The DICOM header could not be read ({exc.__class__.__name__})."
+        ) from None
     return decode_pixels(ds)
 
 
@@ -133,6 +140,19 @@ def read_header(data: bytes):
 def decode_pixels(ds) -> np.ndarray:
     """The first frame of a parsed dataset as 2-D uint8 gray; the header rules are not
     applied here (``decode_dicom`` does that first)."""
+    try:
+        return _decode_pixels(ds)
+    except InputError:
+        raise
+    except MemoryError:
+        raise ImageTooLarge("The DICOM image is too large to decode in memory.") from None
+    except Exception as exc:  # noqa: BLE001 - odd header values, damaged pixel data
+        raise UndecodableImage(
+            f"The DICOM pixel data could not be decoded ({exc.__class__.__name__})."
+        ) from None
+
+
+def _decode_pixels(ds) -> np.ndarray:
     tsyntax = _transfer_syntax(ds)
     plugins = plugins_for(tsyntax)
     if not plugins:
@@ -149,20 +169,11 @@ def decode_pixels(ds) -> np.ndarray:
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     check_dimensions(cols, rows, what="DICOM image")
     check_frame(ds, str(tsyntax))
-    try:
-        arr = decode_first_frame(ds, plugins)
-        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-        if photometric in ("MONOCHROME1", "MONOCHROME2"):
-            return _monochrome_to_gray8(arr, ds, photometric)
-        return _color_to_gray8(arr, ds, photometric)
-    except (UndecodableImage, UnsupportedFormat):
-        raise
-    except MemoryError:
-        raise ImageTooLarge("The DICOM image is too large to decode in memory.") from None
-    except Exception as exc:  # pydicom raises many types for damaged pixel data
-        raise UndecodableImage(
-            f"The DICOM pixel data could not be decoded ({exc.__class__.__name__})."
-        ) from None
+    arr = decode_first_frame(ds, plugins)
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return _monochrome_to_gray8(arr, ds, photometric)
+    return _color_to_gray8(arr, ds, photometric)
 
 
 def _not_an_image() -> NotAnImage:
