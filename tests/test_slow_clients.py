@@ -137,7 +137,7 @@ def raw_exchange(port: int, data: bytes, timeout: float = 10.0) -> bytes:
 @pytest.mark.slow
 def test_trickling_uploads_leave_probes_and_predictions_served(server, xray):
     workers = server.worker_pids()
-    for _ in range(4):  # warm-up: every thread, so RSS is measured after it
+    for _ in range(4):  # warm-up, so that RSS is measured after the first predictions
         assert requests.post(server.url + "/predict", data=xray, timeout=30).status_code == 200
     rss_before = rss(workers)
 
@@ -146,6 +146,7 @@ def test_trickling_uploads_leave_probes_and_predictions_served(server, xray):
     idle = TricklingUploads(server.port, 8, mode="idle")
     try:
         time.sleep(0.5)
+        assert uploads.open_count() == 48
         for path in ("/healthz", "/readyz"):
             started = time.perf_counter()
             response = requests.get(server.url + path, timeout=2)
@@ -155,7 +156,7 @@ def test_trickling_uploads_leave_probes_and_predictions_served(server, xray):
                                  headers={"Content-Type": "image/jpeg"})
         assert response.status_code == 200 and response.json()["label"] in ("Covid", "Normal")
         assert time.perf_counter() - started < 5.0
-        assert uploads.open_count() == 48  # all still trickling meanwhile
+        answered = time.monotonic()
         for group in (uploads, headers, idle):
             assert group.wait_all_ended(READ_TIMEOUT + 5), group.results()
         rss_after = rss(workers)
@@ -163,6 +164,8 @@ def test_trickling_uploads_leave_probes_and_predictions_served(server, xray):
         for group in (uploads, headers, idle):
             group.close()
 
+    # every answer above came while all the slow uploads were still open
+    assert answered < min(c["started"] for c in uploads.conns) + min(r["ended_s"] for r in uploads.results())
     for result in uploads.results() + headers.results():
         assert result["outcome"] == "408", result
         assert READ_TIMEOUT - 0.5 <= result["ended_s"] <= READ_TIMEOUT + 1.5, result
