@@ -1,8 +1,28 @@
 """Gunicorn settings for the X-ray classifier (``gunicorn -c gunicorn.conf.py app.wsgi:app``).
 
 - One process per CPU-heavy model copy: ``WEB_CONCURRENCY`` workers (default 1), each with
-  ``GUNICORN_THREADS`` threads (default 4) so slow uploads and probes do not queue behind
-  an inference (TensorFlow releases the GIL while it computes).
+  ``GUNICORN_THREADS`` threads (default 4) that run requests (TensorFlow and ONNX Runtime
+  release the GIL while they compute); at most ``INFERENCE_CONCURRENCY`` of them run the
+  model at once (0 = all of them).
+- Slow clients: the worker is ``app.buffering_worker.BufferingThreadWorker``, gthread whose
+  event loop receives each request completely (headers and body, non-blocking) before a
+  thread sees it, within ``REQUEST_READ_TIMEOUT`` seconds (default 30, else 408). Waiting
+  for bytes costs a socket and a buffer, never a thread, so trickling uploads cannot occupy
+  the threads or the inference slots, and ``/healthz``/``/readyz`` (which also get two
+  threads of their own) keep answering. Measured with bench/slow_clients.py (figures in
+  bench/SLOW_CLIENTS.md): with stock gthread and 4 threads, 8 trickling uploads already left
+  ``/healthz`` and ``/predict`` unanswered; with 64 gthread threads (the other design: many
+  more I/O threads than inference slots) 32 were fine but 128 hung it again, since every slow
+  client holds a thread (and its body); with this worker, 8, 32 and 128 of them leave
+  ``/healthz`` and ``/predict`` as fast as on an idle server, and each ends with 408 at
+  the deadline.
+- Memory stays bounded with many open connections: at most ``worker_connections`` open
+  connections per worker (``GUNICORN_WORKER_CONNECTIONS``, default 1000, kept under the
+  open-file limit, which is raised to its hard limit here), at most 64 KiB of headers each,
+  and request bodies in memory (received, queued or being served) at most
+  ``REQUEST_BUFFER_MB`` (default 64) per worker: beyond it the loop stops reading bodies and
+  TCP holds the senders back. ``GUNICORN_WORKER_CLASS`` overrides the worker (e.g.
+  ``gthread`` for comparisons).
 - No ``preload_app``: TensorFlow is not fork-safe (workers hang), so each worker imports
   ``app.wsgi`` after the fork and loads its own model there.
 - ``timeout`` covers the model load (TensorFlow import + load + warm-up took ~10 s);
@@ -11,12 +31,43 @@
   itself, never file names (``app.access_log``).
 """
 
+import importlib.util
 import os
+import resource
+from pathlib import Path
+
+
+def _buffering_worker():
+    """The worker class, loaded from its file: ``import app.buffering_worker`` would run
+    ``app/__init__`` (Flask, NumPy, ...) in the master, which should stay small and must never
+    import TensorFlow. The module needs only gunicorn and the standard library."""
+    path = Path(__file__).resolve().parent / "app" / "buffering_worker.py"
+    spec = importlib.util.spec_from_file_location("cxr_buffering_worker", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.BufferingThreadWorker
+
+
+def _open_files_limit() -> int:
+    """Raise the soft open-file limit to the hard one (workers inherit it); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8080'))}"
-worker_class = "gthread"
+worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or _buffering_worker()
 workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# Each connection is one file descriptor; leave room for the model, logs and pipes.
+worker_connections = max(16, min(int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")),
+                                 _open_files_limit() - 128))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 keepalive = 5

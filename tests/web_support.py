@@ -4,6 +4,7 @@
 module asks first. ``GunicornServer`` runs the real ``gunicorn -c gunicorn.conf.py
 app.wsgi:app`` on a free loopback port; ``ThreadedServer`` serves the in-process app
 over real HTTP (for the browser test) without paying for another model load.
+``TricklingUploads`` plays many slow-loris clients at once (tests and bench/slow_clients.py).
 """
 
 from __future__ import annotations
@@ -114,3 +115,135 @@ class ThreadedServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.thread.join(10)
+
+
+class TricklingUploads:
+    """``count`` slow-loris clients on loopback, driven by one thread.
+
+    ``mode="body"``: each connection sends the headers of a ``declared``-byte upload to
+    ``path``, then one body byte every ``interval`` seconds, never finishing;
+    ``mode="headers"``: it sends a request line and trickles one never-ending header;
+    ``mode="idle"``: it connects and sends nothing. ``results()`` says how each one
+    ended: ``status`` (an HTTP status it received, e.g. 408), ``closed`` (the server closed
+    without answering), ``reset`` (the server reset it) or ``open`` (still going), with the
+    seconds from connecting to that end.
+    """
+
+    def __init__(self, port: int, count: int, declared: int = 1 << 20, interval: float = 1.0,
+                 path: str = "/predict", host: str = "127.0.0.1", mode: str = "body"):
+        import selectors
+
+        self.count, self.interval, self.mode = count, interval, mode
+        self.selector = selectors.DefaultSelector()
+        self.conns = []
+        head = {
+            "body": (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/jpeg\r\n"
+                     f"Content-Length: {declared}\r\n\r\n").encode(),
+            "headers": f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-Slow: ".encode(),
+            "idle": b"",
+        }[mode]
+        self.byte = b"a" if mode == "headers" else b"\x00"
+        for _ in range(count):
+            sock = socket.create_connection((host, port), timeout=10)
+            if head:
+                sock.sendall(head)
+            sock.setblocking(False)
+            conn = {"sock": sock, "started": time.monotonic(), "sent": len(head), "response": b"",
+                    "outcome": "open", "ended_s": None}
+            self.conns.append(conn)
+            self.selector.register(sock, selectors.EVENT_READ, conn)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _end(self, conn, outcome: str) -> None:
+        conn["outcome"] = outcome
+        conn["ended_s"] = round(time.monotonic() - conn["started"], 2)
+        try:
+            self.selector.unregister(conn["sock"])
+        except (KeyError, ValueError):
+            pass
+        conn["sock"].close()
+
+    def _receive(self, conn) -> None:
+        try:
+            data = conn["sock"].recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = None
+        if data:
+            conn["response"] += data
+            return
+        status = _status_of(conn["response"])
+        self._end(conn, str(status) if status else ("reset" if data is None else "closed"))
+
+    def _run(self) -> None:
+        next_byte = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            timeout = max(0.0, next_byte - time.monotonic())
+            events = self.selector.select(min(timeout, 0.2)) if self.selector.get_map() else []
+            with self._lock:
+                for key, _ in events:
+                    if key.data["outcome"] == "open":
+                        self._receive(key.data)
+                if time.monotonic() >= next_byte:
+                    next_byte += self.interval
+                    for conn in self.conns:
+                        if conn["outcome"] != "open":
+                            continue
+                        if _status_of(conn["response"]) or self.mode == "idle":
+                            continue  # answered: wait for the close, send nothing more
+                        try:
+                            conn["sent"] += conn["sock"].send(self.byte)
+                        except BlockingIOError:
+                            pass
+                        except OSError:
+                            self._end(conn, "reset")
+            if not self.selector.get_map():
+                time.sleep(0.05)
+
+    def open_count(self) -> int:
+        with self._lock:
+            return sum(c["outcome"] == "open" for c in self.conns)
+
+    def wait_all_ended(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.open_count():
+                return True
+            time.sleep(0.1)
+        return False
+
+    def results(self) -> list[dict]:
+        with self._lock:
+            out = []
+            for c in self.conns:
+                status = _status_of(c["response"])
+                outcome = c["outcome"]
+                if outcome == "open" and status:
+                    outcome = f"{status} (still open)"
+                out.append({"outcome": outcome, "ended_s": c["ended_s"], "sent": c["sent"],
+                            "body": c["response"].partition(b"\r\n\r\n")[2][:300]})
+            return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        with self._lock:
+            for conn in self.conns:
+                if conn["outcome"] == "open":
+                    conn["sock"].close()
+        self.selector.close()
+
+
+def _status_of(response: bytes) -> int | None:
+    """The status of the last complete final response line in ``response``, skipping 1xx."""
+    status = None
+    for line in response.split(b"\r\n"):
+        if line.startswith(b"HTTP/1."):
+            parts = line.split(b" ", 2)
+            if len(parts) >= 2 and parts[1].isdigit() and not parts[1].startswith(b"1"):
+                status = int(parts[1])
+    return status
