@@ -131,7 +131,10 @@ def train(args: argparse.Namespace) -> Path:
         state = None
     if args.resume and state:
         overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE}
-        args = argparse.Namespace(**{**state["config"], **overrides, "resume": True, "restart": False})
+        config = {"augment": "basic", **state["config"]}  # checkpoints older than --augment had basic only
+        args = argparse.Namespace(**{**vars(parse_args([])), **config, **overrides, "resume": True, "restart": False})
+        if isinstance(args.data_dir, str):  # checkpoints older than repeatable --data-dir
+            args.data_dir = [args.data_dir]
         log(f"Resuming {ckpt_dir}: {state['completed_epochs']} of {args.epochs} epochs done.")
     elif args.resume:
         log(f"No checkpoint in {ckpt_dir}; starting a new run.")
