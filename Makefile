@@ -72,7 +72,7 @@ train: venv
 
 evaluate: venv
 	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --data-dir $(SIIM_DIR) --data-dir $(CXR_DIR) \
-		--split test --target-recall 0.90 --explain-samples 8 --out reports/covid_resnet50
+		--split test --youden --explain-samples 8 --out reports/covid_resnet50
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports/browser_*.png

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve
 
 from cxr.metadata import CLASS_NAMES, read_metadata, update_metadata, write_json_atomic
 from cxr.preprocessing import CAFFE_MEAN_BGR
@@ -59,6 +59,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-recall", type=float, default=None,
                    help="choose the threshold on the val split (sources with both classes) reaching this Covid "
                    "recall, store it in the model metadata")
+    p.add_argument("--youden", action="store_true",
+                   help="instead of --target-recall: choose the threshold on the same val images that maximises "
+                   "sensitivity + specificity (Youden's J)")
     p.add_argument("--disputed", default="../shared/data/siim/cxr_overlap.csv", metavar="CSV",
                    help="SIIM's cxr_overlap.csv: cxr Covid images read 'Negative for Pneumonia' by SIIM are "
                    "reported both with and without them ('' to skip)")
@@ -169,7 +172,7 @@ def evaluate(args: argparse.Namespace) -> dict:
     model = load_classifier(model_path)
 
     threshold = float(meta.get("threshold", 0.5))
-    if args.target_recall is not None:
+    if args.target_recall is not None or args.youden:
         threshold = select_threshold(model, model_path, data_dirs, size, args)
 
     log(f"Scoring the {args.split} split of {', '.join(map(str, data_dirs))} ...")
@@ -258,17 +261,23 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 def select_threshold(model, model_path: Path, data_dirs, size: int, args) -> float:
     """Choose the threshold on the val images of sources with both classes, store it in the sidecar."""
-    log(f"Choosing the threshold on the val split for Covid recall >= {args.target_recall} ...")
+    rule = "Youden's J" if args.youden else f"Covid recall >= {args.target_recall}"
+    log(f"Choosing the threshold on the val split for {rule} ...")
     val = list_split(data_dirs, "val", limit=args.limit, seed=args.seed, log=log)
     used = val.two_class_sources() or sorted(set(val.sources))
     val = val.subset(np.isin(val.sources, used))
     y_val = (val.labels == 0).astype(int)
     p_val = predict_covid(model, val, size, args.batch_size)
-    threshold = choose_threshold(y_val, p_val, args.target_recall)
+    if args.youden:
+        fpr, tpr, cut = roc_curve(y_val, p_val)
+        threshold = float(cut[1:][np.argmax((tpr - fpr)[1:])])  # cut[0] is +inf
+    else:
+        threshold = choose_threshold(y_val, p_val, args.target_recall)
     at_val = binary_metrics(y_val, p_val, threshold)
     update_metadata(model_path, threshold=threshold, threshold_selection={
-        "method": "highest threshold reaching the target Covid recall on the val split",
-        "target_recall": args.target_recall,
+        "method": ("maximum of sensitivity + specificity (Youden's J) on the val split" if args.youden
+                   else "highest threshold reaching the target Covid recall on the val split"),
+        "target_recall": None if args.youden else args.target_recall,
         "val_sources": used,
         "val_sensitivity": at_val["sensitivity"],
         "val_specificity": at_val["specificity"],
