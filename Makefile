@@ -52,19 +52,27 @@ bench: dev model-runtime
 test: dev
 	$(PY) -m pytest
 
-# The shipped model's recipe (about 1.5 h on 2 CPU cores; rerun after an interruption and
-# --resume continues each stage from its last finished epoch): 8 class-balanced epochs at
-# 96 px from random weights, then 5 more at 128 px starting from those weights.
+# The shipped model's recipe (issue 11; see MODEL_CARD.md). Stages 1-2 learn chest X-rays in
+# general on cxr (source-confounded, so the head they end with reads the hospital); stage 3
+# starts from those weights and learns Covid vs Normal on siim alone, where both classes come
+# from the same hospitals, and selects epochs on siim's validation AUC (within-source). Each
+# stage checkpoints every epoch; rerun after an interruption and --resume continues it.
+CXR_DIR ?= ../shared/data/cxr
+SIIM_DIR ?= ../shared/data/siim
 train: venv
-	$(PY) -m model_training.train --weights none --image-size 96 --head gap --balance sampling \
-		--epochs 8 --lr-schedule cosine --learning-rate 1e-3 --seed 0 --out models/stage1_96px.h5 --resume
-	$(PY) -m model_training.train --weights none --init-from models/stage1_96px.h5 --image-size 128 \
-		--head gap --balance sampling --epochs 5 --lr-schedule cosine --learning-rate 5e-4 --seed 1 \
-		--out $(MODEL_PATH) --resume
+	$(PY) -m model_training.train --data-dir $(CXR_DIR) --weights none --image-size 96 --head gap \
+		--balance sampling --augment basic --epochs 8 --lr-schedule cosine --learning-rate 1e-3 --seed 0 \
+		--out models/stage1_96px.h5 --resume
+	$(PY) -m model_training.train --data-dir $(CXR_DIR) --weights none --init-from models/stage1_96px.h5 \
+		--image-size 128 --head gap --balance sampling --augment basic --epochs 5 --lr-schedule cosine \
+		--learning-rate 5e-4 --seed 1 --out models/stage2_cxr_128px.h5 --resume
+	$(PY) -m model_training.train --data-dir $(SIIM_DIR) --weights none --init-from models/stage2_cxr_128px.h5 \
+		--image-size 128 --head gap --balance weights --augment basic --epochs 14 --patience 6 \
+		--lr-schedule cosine --learning-rate 5e-4 --seed 3 --out $(MODEL_PATH) --resume
 
 evaluate: venv
-	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --split test --target-recall 0.95 \
-		--explain-samples 8 --out reports/covid_resnet50
+	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --data-dir $(SIIM_DIR) --data-dir $(CXR_DIR) \
+		--split test --youden --explain-samples 8 --out reports/covid_resnet50
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports/browser_*.png

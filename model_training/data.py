@@ -1,8 +1,15 @@
-"""Finding the images of a split and feeding them to Keras as tf.data pipelines.
+"""Finding the images of a split and feeding them to Keras, on any Keras 3 backend.
 
-Layout: ``DATA_DIR/{train,val,test}/{covid,normal}/*.{jpg,jpeg,png}``; class folder
-names are matched case-insensitively and the class order is fixed by
-:data:`metadata.CLASS_NAMES`, never by directory listing order.
+Layout of every data folder: ``DATA_DIR/{train,val,test}/{covid,normal}/*.{jpg,jpeg,png}``;
+class folder names are matched case-insensitively and the class order is fixed by
+:data:`metadata.CLASS_NAMES`, never by directory listing order. Training and evaluation
+take several folders at once; the ``source`` column of each folder's ``metadata.csv``
+travels with every image (the folder's name where there is none), because judging a
+model per source is the only way to see whether it learned the disease or the hospital.
+
+Batches come from :class:`ImageBatches`, a ``keras.utils.PyDataset`` over NumPy arrays
+made by the one preprocessing (:func:`load_image_file`), so the same pipeline runs under
+TensorFlow, JAX and torch and never imports TensorFlow itself.
 
 The training order of every epoch is a pure function of ``(seed, epoch)``, so a run
 resumed from a checkpoint sees exactly the batches an unbroken run would have seen.
@@ -10,11 +17,13 @@ resumed from a checkpoint sees exactly the batches an unbroken run would have se
 
 from __future__ import annotations
 
+import csv
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from cxr.decode import decode_image
@@ -24,7 +33,10 @@ from cxr.preprocessing import load_image_file
 
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-BALANCE_MODES = ("weights", "sampling", "none")
+BALANCE_MODES = ("weights", "sampling", "source", "none")
+# With --balance source: the share of an epoch given to sources that hold one class only
+# (the rest goes to sources with both classes, where only the disease separates them).
+SINGLE_CLASS_SOURCE_SHARE = 0.2
 
 
 class DataError(Exception):
@@ -37,12 +49,26 @@ class SplitFiles:
     paths: list[str]
     labels: np.ndarray  # int class indices into CLASS_NAMES
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # metadata.csv `source` of each image
+    folders: list[str] = field(default_factory=list)  # name of the data folder of each image
+    excluded: list[str] = field(default_factory=list)  # left out on purpose (see list_split's exclude)
 
     def counts(self) -> dict[str, int]:
         return {c: int((self.labels == i).sum()) for i, c in enumerate(CLASS_NAMES)}
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def subset(self, mask: np.ndarray) -> "SplitFiles":
+        keep = np.flatnonzero(mask)
+        pick = lambda seq: [seq[i] for i in keep] if seq else []  # noqa: E731
+        return SplitFiles(self.name, pick(self.paths), self.labels[keep], self.skipped,
+                          pick(self.sources), pick(self.folders), self.excluded)
+
+    def two_class_sources(self) -> list[str]:
+        """Sources with images of both classes: the only ones a within-source metric exists for."""
+        src = np.asarray(self.sources)
+        return sorted(s for s in set(self.sources) if len(set(self.labels[src == s])) == len(CLASS_NAMES))
 
 
 def find_class_dir(split_dir: Path, class_name: str) -> Path:
@@ -57,18 +83,74 @@ def find_class_dir(split_dir: Path, class_name: str) -> Path:
     return matches[0]
 
 
+def read_sources(data_dir: str | Path) -> dict[str, str]:
+    """``relative file path -> source`` from the folder's metadata.csv (empty if it has none)."""
+    meta = Path(data_dir) / "metadata.csv"
+    if not meta.exists():
+        return {}
+    with open(meta, newline="") as handle:
+        return {row["file"]: row.get("source") or "" for row in csv.DictReader(handle) if row.get("file")}
+
+
+def disputed_files(overlap_csv: str | Path, data_dir: str | Path) -> set[str]:
+    """Paths under ``data_dir`` labelled Covid there but read "Negative for Pneumonia" by SIIM.
+
+    ``siim/cxr_overlap.csv`` pairs SIIM images with the same radiographs in cxr; where
+    SIIM's radiologists saw a normal-looking film, the cxr Covid label (from PCR or the
+    collection) cannot be learned from the image, so training leaves those files out.
+    """
+    path = Path(overlap_csv)
+    if not path.exists():
+        return set()
+    with open(path, newline="") as handle:
+        return {str(Path(data_dir) / row["cxr_file"]) for row in csv.DictReader(handle)
+                if row["siim_label"] == "Negative for Pneumonia" and row["cxr_label"] == "covid"}
+
+
 def list_split(
-    data_dir: str | Path,
+    data_dirs: str | Path | list,
     split: str,
     *,
     limit: int | None = None,
     seed: int = 0,
     check: bool = True,
+    exclude: set[str] | None = None,
     log=print,
 ) -> SplitFiles:
-    """List one split's images; with ``check`` every file is decoded once and unreadable
-    files are skipped with a warning (training must not crash hours in on one bad file)."""
-    split_dir = Path(data_dir) / split
+    """List one split's images of one or several data folders.
+
+    With ``check`` every file is decoded once and unreadable files are skipped with a
+    warning (training must not crash hours in on one bad file); ``exclude`` leaves out
+    files on purpose (listed in ``excluded``); ``limit`` takes a stratified subset of each folder.
+    """
+    dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
+    parts = [_list_one(Path(d), split, limit=limit, seed=seed, exclude=exclude or set()) for d in dirs]
+    files = SplitFiles(
+        split,
+        [p for part in parts for p in part.paths],
+        np.concatenate([part.labels for part in parts]),
+        sources=[s for part in parts for s in part.sources],
+        folders=[f for part in parts for f in part.folders],
+        excluded=[e for part in parts for e in part.excluded],
+    )
+    if check:
+        reasons = _check_decodable(files.paths, split, log)
+        files.skipped = [(p, reason) for p, reason in zip(files.paths, reasons) if reason]
+        for path, reason in files.skipped:
+            print(f"WARNING: skipping unreadable file {path}: {reason}", file=sys.stderr)
+        skipped = files.skipped
+        files = files.subset(np.array([not reason for reason in reasons], dtype=bool))
+        files.skipped = skipped
+        for d in dirs:
+            folder = np.asarray(files.folders) == Path(d).name
+            for i, class_name in enumerate(CLASS_NAMES):
+                if not (files.labels[folder] == i).any():
+                    raise DataError(f"No readable {class_name} images left in {Path(d) / split}.")
+    return files
+
+
+def _list_one(data_dir: Path, split: str, *, limit, seed, exclude) -> SplitFiles:
+    split_dir = data_dir / split
     if not split_dir.is_dir():
         raise DataError(f"Split folder {split_dir} does not exist (expected {'/'.join(SPLITS)} under {data_dir}).")
     per_class: list[list[str]] = []
@@ -80,25 +162,16 @@ def list_split(
         if not files:
             raise DataError(f"Class folder {class_dir} contains no images (.jpg, .jpeg or .png).")
         per_class.append(files)
-
+    excluded = [p for files in per_class for p in files if p in exclude]
+    per_class = [[p for p in files if p not in exclude] for files in per_class]
     if limit is not None:
         per_class = _stratified_subset(per_class, limit, seed)
 
     paths = [p for files in per_class for p in files]
     labels = np.concatenate([np.full(len(f), i, dtype=np.int64) for i, f in enumerate(per_class)])
-    skipped: list[tuple[str, str]] = []
-    if check:
-        ok = _check_decodable(paths, split, log)
-        skipped = [(p, reason) for p, reason in zip(paths, ok) if reason]
-        for path, reason in skipped:
-            print(f"WARNING: skipping unreadable file {path}: {reason}", file=sys.stderr)
-        keep = np.array([not reason for reason in ok], dtype=bool)
-        paths = [p for p, k in zip(paths, keep) if k]
-        labels = labels[keep]
-        for i, class_name in enumerate(CLASS_NAMES):
-            if not (labels == i).any():
-                raise DataError(f"No readable {class_name} images left in {split_dir}.")
-    return SplitFiles(split, paths, labels, skipped)
+    by_file = read_sources(data_dir)
+    sources = [by_file.get(Path(p).relative_to(data_dir).as_posix()) or data_dir.name for p in paths]
+    return SplitFiles(split, paths, labels, sources=sources, folders=[data_dir.name] * len(paths), excluded=excluded)
 
 
 def _stratified_subset(per_class: list[list[str]], limit: int, seed: int) -> list[list[str]]:
@@ -138,13 +211,18 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {i: n / (len(CLASS_NAMES) * max(1, int((labels == i).sum()))) for i in range(len(CLASS_NAMES))}
 
 
-def epoch_order(labels: np.ndarray, epoch: int, seed: int, balance: str) -> np.ndarray:
+def epoch_order(labels: np.ndarray, epoch: int, seed: int, balance: str, sources=None) -> np.ndarray:
     """Indices of one epoch, a pure function of (seed, epoch).
 
     ``sampling`` gives class-balanced epochs: every minority image plus as many images drawn
-    without replacement from each other class, so an epoch is shorter and balanced.
+    without replacement from each other class. ``source`` balances over (source, class):
+    each source with both classes gives as many images of each class (its minority count),
+    and sources with one class only share :data:`SINGLE_CLASS_SOURCE_SHARE` of the epoch,
+    half Covid, half Normal, so no source's look can stand for a class.
     """
     rng = np.random.default_rng([seed, epoch])
+    if balance == "source":
+        return rng.permutation(_source_balanced(labels, np.asarray(sources), rng))
     if balance != "sampling":
         return rng.permutation(len(labels))
     groups = [np.flatnonzero(labels == i) for i in range(len(CLASS_NAMES))]
@@ -153,54 +231,78 @@ def epoch_order(labels: np.ndarray, epoch: int, seed: int, balance: str) -> np.n
     return rng.permutation(picked)
 
 
-def steps_per_epoch(labels: np.ndarray, batch_size: int, balance: str) -> int:
-    per_epoch = len(epoch_order(labels, 0, 0, balance))
+def _source_balanced(labels: np.ndarray, sources: np.ndarray, rng) -> np.ndarray:
+    picked, single = [], {i: [] for i in range(len(CLASS_NAMES))}
+    for source in sorted(set(sources)):
+        groups = [np.flatnonzero((sources == source) & (labels == i)) for i in range(len(CLASS_NAMES))]
+        if all(len(g) for g in groups):
+            n = min(len(g) for g in groups)
+            picked += [rng.choice(g, size=n, replace=False) for g in groups]
+        else:
+            for i, g in enumerate(groups):
+                single[i].extend(g.tolist())
+    paired = sum(len(p) for p in picked)
+    if not paired:  # no source has both classes: fall back to class balance
+        return epoch_order(labels, 0, int(rng.integers(1 << 31)), "sampling")
+    per_class = int(paired * SINGLE_CLASS_SOURCE_SHARE / (1 - SINGLE_CLASS_SOURCE_SHARE) / len(CLASS_NAMES))
+    if all(single.values()):
+        per_class = min([per_class] + [len(g) for g in single.values()])
+        picked += [rng.choice(np.array(g), size=per_class, replace=False) for g in single.values()]
+    return np.concatenate(picked)
+
+
+def steps_per_epoch(labels: np.ndarray, batch_size: int, balance: str, sources=None) -> int:
+    per_epoch = len(epoch_order(labels, 0, 0, balance, sources))
     return max(1, per_epoch // batch_size)
 
 
-def _loader(image_size: int):
-    import tensorflow as tf
+class ImageBatches(keras.utils.PyDataset):
+    """``(images, one-hot labels)`` batches of ``paths`` in the given order, preprocessed by
+    :func:`load_image_file` in worker threads; ``transform`` (e.g. an occlusion) is applied
+    to each image batch. A PyDataset, not tf.data, so training runs on any Keras backend."""
 
-    def load(path):
-        return load_image_file(path.decode() if isinstance(path, bytes) else path, image_size)
+    def __init__(self, paths, labels, image_size: int, batch_size: int, *, drop_remainder: bool = False,
+                 transform=None, cache: bool = False, workers: int = 2):
+        super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=8)
+        self.paths = list(paths)
+        self.labels = np.asarray(labels)
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.drop_remainder = drop_remainder
+        self.transform = transform
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
 
-    def tf_load(path, label):
-        image = tf.numpy_function(load, [path], tf.float32, stateful=False)
-        image.set_shape((image_size, image_size, 3))
-        return image, tf.one_hot(label, len(CLASS_NAMES))
+    def __len__(self) -> int:
+        n = len(self.paths) / self.batch_size
+        return int(n) if self.drop_remainder else int(np.ceil(n))
 
-    return tf_load
+    def __getitem__(self, index: int):
+        if self._cache is not None and index in self._cache:
+            return self._cache[index]
+        part = slice(index * self.batch_size, (index + 1) * self.batch_size)
+        images = np.stack([load_image_file(p, self.image_size) for p in self.paths[part]])
+        if self.transform is not None:
+            images = self.transform(images)
+        batch = images, np.eye(len(CLASS_NAMES), dtype=np.float32)[self.labels[part]]
+        if self._cache is not None:
+            self._cache[index] = batch
+        return batch
 
 
-def training_dataset(
-    split: SplitFiles,
-    image_size: int,
-    batch_size: int,
-    *,
-    seed: int,
-    first_epoch: int,
-    epochs: int,
-    balance: str,
-):
-    """Batches for epochs ``first_epoch..epochs-1``; each epoch exactly ``steps_per_epoch`` batches."""
-    import tensorflow as tf
-
-    steps = steps_per_epoch(split.labels, batch_size, balance)
-    order = [epoch_order(split.labels, e, seed, balance)[: steps * batch_size] for e in range(first_epoch, epochs)]
+def training_dataset(split: SplitFiles, image_size: int, batch_size: int, *, seed: int, first_epoch: int,
+                     epochs: int, balance: str) -> ImageBatches:
+    """Batches for epochs ``first_epoch..epochs-1`` in one sequence; each epoch exactly
+    ``steps_per_epoch`` batches (Keras keeps one iterator across epochs when
+    ``steps_per_epoch`` is given, so fit walks through it epoch after epoch)."""
+    steps = steps_per_epoch(split.labels, batch_size, balance, split.sources)
+    order = [epoch_order(split.labels, e, seed, balance, split.sources)[: steps * batch_size]
+             for e in range(first_epoch, epochs)]
     order = np.concatenate(order) if order else np.zeros(0, dtype=np.int64)
-    paths = np.asarray(split.paths)[order]
-    labels = split.labels[order]
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    ds = ds.map(_loader(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ImageBatches(np.asarray(split.paths)[order], split.labels[order], image_size, batch_size,
+                        drop_remainder=True)
 
 
-def eval_dataset(split: SplitFiles, image_size: int, batch_size: int, *, cache: bool = False):
+def eval_dataset(split: SplitFiles, image_size: int, batch_size: int, *, cache: bool = False,
+                 transform=None) -> ImageBatches:
     """Batches in file order (no shuffling, no augmentation) for validation and evaluation."""
-    import tensorflow as tf
-
-    ds = tf.data.Dataset.from_tensor_slices((np.asarray(split.paths), split.labels))
-    ds = ds.map(_loader(image_size), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if cache:
-        ds = ds.cache()
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return ImageBatches(split.paths, split.labels, image_size, batch_size, cache=cache, transform=transform)

@@ -1,11 +1,17 @@
 """Score a trained model on a split and write an honest report.
 
-    python -m model_training.evaluate --model models/covid_resnet50.h5 --split test --out reports/
+    python -m model_training.evaluate --model models/covid_resnet50.h5 --data-dir ../shared/data/siim \
+        --data-dir ../shared/data/cxr --split test --out reports/
 
 What the original article got wrong and this does right: ROC AUC comes from predicted
 probabilities (from hard labels it is only balanced accuracy), the decision threshold is
 chosen on the *validation* split (``--target-recall``) and only then applied to test, and
 every figure carries a bootstrap 95% confidence interval.
+
+What a source cannot fake: metrics per data folder and per source, the **within-source**
+AUC of every source that has both classes, and an **occlusion audit** (AUC with the lungs
+hidden, and with the borders hidden). Where each source holds one class, as in cxr, a
+pooled AUC measures how well the model tells hospitals apart; it is reported, not trusted.
 """
 
 from __future__ import annotations
@@ -18,43 +24,91 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve
 
-from .data import DataError, eval_dataset, list_split
 from cxr.metadata import CLASS_NAMES, read_metadata, update_metadata, write_json_atomic
+from cxr.preprocessing import CAFFE_MEAN_BGR
+
+from .data import DataError, disputed_files, eval_dataset, list_split
+
+DEFAULT_DATA_DIRS = ("../shared/data/siim", "../shared/data/cxr")
+# The occlusion audit (issue 11): what a model scores with part of every image blacked out.
+# A model that reads the lungs drops towards AUC 0.5 with the lungs hidden; one that reads
+# the hospital's borders, text and exposure keeps its AUC there.
+OCCLUSIONS = {
+    "lungs_hidden": "centre 60% (rows and columns 20-80%) black",
+    "borders_hidden": "everything outside rows 15-85% / columns 12-88% black",
+}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m model_training.evaluate",
-        description="Evaluate a trained model on a data split and write metrics.json, "
-        "predictions.csv and the confusion-matrix, ROC and training-curve plots.",
+        description="Evaluate a trained model on a data split of one or several data folders and write "
+        "metrics.json (per folder, per source, within-source AUC, occlusion audit), predictions.csv "
+        "and the confusion-matrix, ROC and training-curve plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--model", default="models/covid_resnet50.h5", help="trained .h5 model (sidecar .json beside it)")
-    p.add_argument("--data-dir", default="../shared/data/cxr", help="any folder with the split/{covid,normal}/ layout")
+    p.add_argument("--data-dir", action="append", default=None,
+                   help="folder with the split/{covid,normal}/ layout; repeat for several. The first one's "
+                   f"metrics are the headline (default: {' and '.join(DEFAULT_DATA_DIRS)})")
     p.add_argument("--split", default="test", help="split folder to score (train, val, test, or another name)")
     p.add_argument("--out", default="reports", help="report folder")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--target-recall", type=float, default=None,
-                   help="choose the threshold on the val split reaching this Covid recall, store it in the model metadata")
-    p.add_argument("--limit", type=int, default=None, help="stratified subset of N images (quick checks)")
+                   help="choose the threshold on the val split (sources with both classes) reaching this Covid "
+                   "recall, store it in the model metadata")
+    p.add_argument("--youden", action="store_true",
+                   help="instead of --target-recall: choose the threshold on the same val images that maximises "
+                   "sensitivity + specificity (Youden's J)")
+    p.add_argument("--disputed", default="../shared/data/siim/cxr_overlap.csv", metavar="CSV",
+                   help="SIIM's cxr_overlap.csv: cxr Covid images read 'Negative for Pneumonia' by SIIM are "
+                   "reported both with and without them ('' to skip)")
+    p.add_argument("--no-occlusion", dest="occlusion", action="store_false",
+                   help="skip the occlusion audit (it scores every image twice more)")
+    p.add_argument("--limit", type=int, default=None, help="stratified subset of N images per folder (quick checks)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% confidence intervals (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--explain-samples", type=int, default=0, metavar="N",
                    help="also save a grid of N images of the split with Grad-CAM overlays")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.data_dir = args.data_dir or list(DEFAULT_DATA_DIRS)
+    return args
 
 
 def log(message: str) -> None:
     print(message, flush=True)
 
 
-def predict_covid(model, files, image_size: int, batch_size: int) -> np.ndarray:
+def occluder(mode: str):
+    """A batch transform that blacks out part of every preprocessed image (black = 0 gray,
+    which is minus the caffe mean after preprocessing)."""
+    black = -CAFFE_MEAN_BGR
+
+    def apply(images: np.ndarray) -> np.ndarray:
+        images = images.copy()
+        n = images.shape[1]
+        if mode == "lungs_hidden":
+            a, b = round(0.2 * n), round(0.8 * n)
+            images[:, a:b, a:b, :] = black
+        elif mode == "borders_hidden":
+            r0, r1, c0, c1 = round(0.15 * n), round(0.85 * n), round(0.12 * n), round(0.88 * n)
+            keep = images[:, r0:r1, c0:c1, :].copy()
+            images[:] = black
+            images[:, r0:r1, c0:c1, :] = keep
+        else:
+            raise ValueError(f"unknown occlusion {mode}")
+        return images
+
+    return apply
+
+
+def predict_covid(model, files, image_size: int, batch_size: int, transform=None) -> np.ndarray:
     """Covid probability for every file of a split, in file order."""
-    ds = eval_dataset(files, image_size, batch_size).map(lambda x, y: x)
-    probs = model.predict(ds, verbose=2 if not sys.stdout.isatty() else 1)
-    return probs[:, 0].astype(float)
+    batches = eval_dataset(files, image_size, batch_size, transform=transform)
+    probs = model.predict(batches, verbose=2 if not sys.stdout.isatty() else 1)
+    return np.asarray(probs)[:, 0].astype(float)
 
 
 def choose_threshold(y_covid: np.ndarray, p_covid: np.ndarray, target_recall: float) -> float:
@@ -93,14 +147,16 @@ def bootstrap_ci(y_covid, p_covid, threshold, n: int, seed: int) -> dict:
     return {k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in samples.items()}
 
 
-def sources_for(files, data_dir: Path) -> list[str] | None:
-    """The `source` column of metadata.csv for each file, when the data set has one."""
-    meta = data_dir / "metadata.csv"
-    if not meta.exists():
-        return None
-    with open(meta, newline="") as handle:
-        by_file = {row["file"]: row.get("source", "") for row in csv.DictReader(handle)}
-    return [by_file.get(Path(p).relative_to(data_dir).as_posix(), "unknown") for p in files.paths]
+def group_metrics(labels, p_covid, threshold, *, bootstrap: int, seed: int) -> dict:
+    """Headline metrics, confusion matrix and CIs of one group of images."""
+    y_covid = (labels == 0).astype(int)
+    pred_idx = np.where(p_covid >= threshold, 0, 1)
+    return {
+        **binary_metrics(y_covid, p_covid, threshold),
+        "n_images": {c: int((labels == i).sum()) for i, c in enumerate(CLASS_NAMES)},
+        "confusion_matrix": confusion_matrix(labels, pred_idx, labels=[0, 1]).tolist(),
+        "ci95": bootstrap_ci(y_covid, p_covid, threshold, bootstrap, seed),
+    }
 
 
 def evaluate(args: argparse.Namespace) -> dict:
@@ -110,72 +166,126 @@ def evaluate(args: argparse.Namespace) -> dict:
     model_path = Path(args.model)
     meta = read_metadata(model_path)
     size = int(meta["input_size"])
-    data_dir = Path(args.data_dir)
+    data_dirs = [Path(d) for d in args.data_dir]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_classifier(model_path)
 
     threshold = float(meta.get("threshold", 0.5))
-    if args.target_recall is not None:
-        log(f"Choosing the threshold on the val split for Covid recall >= {args.target_recall} ...")
-        val = list_split(data_dir, "val", limit=args.limit, seed=args.seed, log=log)
-        y_val = (val.labels == 0).astype(int)
-        p_val = predict_covid(model, val, size, args.batch_size)
-        threshold = choose_threshold(y_val, p_val, args.target_recall)
-        at_val = binary_metrics(y_val, p_val, threshold)
-        update_metadata(model_path, threshold=threshold, threshold_selection={
-            "method": "highest threshold reaching the target Covid recall on the val split",
-            "target_recall": args.target_recall,
-            "val_sensitivity": at_val["sensitivity"],
-            "val_specificity": at_val["specificity"],
-            "val_roc_auc": at_val["roc_auc"],
-        })
-        log(f"  threshold {threshold:.4f} (val sensitivity {at_val['sensitivity']:.3f}, "
-            f"specificity {at_val['specificity']:.3f}); stored in {model_path.with_suffix('.json')}")
+    if args.target_recall is not None or args.youden:
+        threshold = select_threshold(model, model_path, data_dirs, size, args)
 
-    log(f"Scoring the {args.split} split of {data_dir} ...")
-    files = list_split(data_dir, args.split, limit=args.limit, seed=args.seed, log=log)
+    log(f"Scoring the {args.split} split of {', '.join(map(str, data_dirs))} ...")
+    files = list_split(data_dirs, args.split, limit=args.limit, seed=args.seed, log=log)
     y_covid = (files.labels == 0).astype(int)
     p_covid = predict_covid(model, files, size, args.batch_size)
-    pred_idx = np.where(p_covid >= threshold, 0, 1)
+    occluded = {}
+    if args.occlusion:
+        for mode in OCCLUSIONS:
+            log(f"Occlusion audit: {mode} ({OCCLUSIONS[mode]}) ...")
+            occluded[mode] = predict_covid(model, files, size, args.batch_size, transform=occluder(mode))
+    disputed = set()
+    for d in data_dirs:
+        disputed |= disputed_files(args.disputed, d) if args.disputed else set()
+    is_disputed = np.array([p in disputed for p in files.paths], dtype=bool)
 
-    headline = binary_metrics(y_covid, p_covid, threshold)
+    folders = np.asarray(files.folders)
+    primary = folders == data_dirs[0].name
+    pred_idx = np.where(p_covid >= threshold, 0, 1)
+    kw = dict(bootstrap=args.bootstrap, seed=args.seed)
     metrics = {
         "model": {"path": str(model_path), "name": meta.get("name"), "sha256": meta.get("sha256"), "input_size": size},
-        "data_dir": str(data_dir),
+        "data_dirs": [str(d) for d in data_dirs],
         "split": args.split,
         "threshold": threshold,
-        **headline,
-        "n_images": {c: int((files.labels == i).sum()) for i, c in enumerate(CLASS_NAMES)},
+        "headline": f"{data_dirs[0].name} {args.split} split (the first --data-dir)",
+        **group_metrics(files.labels[primary], p_covid[primary], threshold, **kw),
         "skipped_unreadable": [p for p, _ in files.skipped],
-        "confusion_matrix": confusion_matrix(files.labels, pred_idx, labels=[0, 1]).tolist(),
         "confusion_matrix_labels": {"rows": "true " + "/".join(CLASS_NAMES), "cols": "predicted " + "/".join(CLASS_NAMES)},
         "classification_report": classification_report(
-            files.labels, pred_idx, labels=[0, 1], target_names=list(CLASS_NAMES), output_dict=True, zero_division=0),
-        "ci95": bootstrap_ci(y_covid, p_covid, threshold, args.bootstrap, args.seed),
+            files.labels[primary], pred_idx[primary], labels=[0, 1], target_names=list(CLASS_NAMES),
+            output_dict=True, zero_division=0),
         "ci_method": f"percentile bootstrap over images, {args.bootstrap} resamples",
         "class_imbalance": meta.get("data", {}).get("balance"),
+        "per_folder": {},
+        "per_source": per_source(files.sources, files.labels, y_covid, p_covid, pred_idx, threshold),
+        "within_source": {},
+        "occlusion_audit": {"definitions": OCCLUSIONS, "per_folder": {}, "within_source": {}} if occluded else None,
     }
-    sources = sources_for(files, data_dir)
-    if sources:
-        metrics["per_source"] = per_source(sources, files.labels, y_covid, p_covid, pred_idx, threshold)
+    for d in data_dirs:
+        mask = folders == d.name
+        entry = group_metrics(files.labels[mask], p_covid[mask], threshold, **kw)
+        if (mask & is_disputed).any():
+            keep = mask & ~is_disputed
+            entry["without_disputed"] = {
+                "left_out": int((mask & is_disputed).sum()),
+                "why": "cxr Covid images that SIIM's radiologists read as 'Negative for Pneumonia'",
+                **group_metrics(files.labels[keep], p_covid[keep], threshold, **kw),
+            }
+        metrics["per_folder"][d.name] = entry
+        if occluded:
+            metrics["occlusion_audit"]["per_folder"][d.name] = {
+                "roc_auc": binary_metrics(y_covid[mask], p_covid[mask], threshold)["roc_auc"],
+                **{mode: binary_metrics(y_covid[mask], p[mask], threshold)["roc_auc"] for mode, p in occluded.items()},
+            }
+    sources = np.asarray(files.sources)
+    for source in files.two_class_sources():
+        mask = sources == source
+        metrics["within_source"][source] = group_metrics(files.labels[mask], p_covid[mask], threshold, **kw)
+        if occluded:
+            metrics["occlusion_audit"]["within_source"][source] = {
+                mode: {"roc_auc": binary_metrics(y_covid[mask], p[mask], threshold)["roc_auc"],
+                       "ci95": bootstrap_ci(y_covid[mask], p[mask], threshold, args.bootstrap, args.seed)["roc_auc"]
+                       if args.bootstrap else None}
+                for mode, p in occluded.items()
+            }
     write_json_atomic(out / "metrics.json", metrics)
-    _write_predictions(out / "predictions.csv", files, data_dir, p_covid, pred_idx, sources)
+    _write_predictions(out / "predictions.csv", files, p_covid, pred_idx, occluded, is_disputed)
 
     plots.confusion_matrix_png(np.array(metrics["confusion_matrix"]), CLASS_NAMES, out / "confusion_matrix.png")
-    plots.roc_curve_png(y_covid, p_covid, headline["roc_auc"], threshold, out / "roc_curve.png")
+    plots.roc_curve_png(y_covid[primary], p_covid[primary], metrics["roc_auc"], threshold, out / "roc_curve.png")
     if meta.get("history"):
         history, boundaries = full_history(meta)
         plots.training_curves_png(history, out / "training_curves.png", stage_starts=boundaries)
     if args.explain_samples:
         from .explain import save_explain_grid
 
-        picks = _explain_picks(files, args.explain_samples)
-        save_explain_grid(model_path, [files.paths[i] for i in picks], out / "explain_samples.png",
-                          labels=[CLASS_NAMES[files.labels[i]] for i in picks])
+        picks = _explain_picks(files.subset(primary), args.explain_samples)
+        shown = files.subset(primary)
+        save_explain_grid(model_path, [shown.paths[i] for i in picks], out / "explain_samples.png",
+                          labels=[CLASS_NAMES[shown.labels[i]] for i in picks])
 
     _print_summary(metrics, out)
     return metrics
+
+
+def select_threshold(model, model_path: Path, data_dirs, size: int, args) -> float:
+    """Choose the threshold on the val images of sources with both classes, store it in the sidecar."""
+    rule = "Youden's J" if args.youden else f"Covid recall >= {args.target_recall}"
+    log(f"Choosing the threshold on the val split for {rule} ...")
+    val = list_split(data_dirs, "val", limit=args.limit, seed=args.seed, log=log)
+    used = val.two_class_sources() or sorted(set(val.sources))
+    val = val.subset(np.isin(val.sources, used))
+    y_val = (val.labels == 0).astype(int)
+    p_val = predict_covid(model, val, size, args.batch_size)
+    if args.youden:
+        fpr, tpr, cut = roc_curve(y_val, p_val)
+        threshold = float(cut[1:][np.argmax((tpr - fpr)[1:])])  # cut[0] is +inf
+    else:
+        threshold = choose_threshold(y_val, p_val, args.target_recall)
+    at_val = binary_metrics(y_val, p_val, threshold)
+    update_metadata(model_path, threshold=threshold, threshold_selection={
+        "method": ("maximum of sensitivity + specificity (Youden's J) on the val split" if args.youden
+                   else "highest threshold reaching the target Covid recall on the val split"),
+        "target_recall": None if args.youden else args.target_recall,
+        "val_sources": used,
+        "val_sensitivity": at_val["sensitivity"],
+        "val_specificity": at_val["specificity"],
+        "val_roc_auc": at_val["roc_auc"],
+    })
+    log(f"  threshold {threshold:.4f} on val of {used} (sensitivity {at_val['sensitivity']:.3f}, "
+        f"specificity {at_val['specificity']:.3f}); stored in {model_path.with_suffix('.json')}")
+    return threshold
 
 
 def full_history(meta: dict) -> tuple[dict, list[int]]:
@@ -222,14 +332,16 @@ def _explain_picks(files, n: int) -> list[int]:
     return picks
 
 
-def _write_predictions(path: Path, files, data_dir, p_covid, pred_idx, sources) -> None:
+def _write_predictions(path: Path, files, p_covid, pred_idx, occluded, is_disputed) -> None:
+    """One row per image; ``file`` is relative to the data folders' parent (``siim/test/...``)."""
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "true_label", "p_covid", "predicted_label", "source"])
+        writer.writerow(["file", "true_label", "p_covid", "predicted_label", "source", "disputed",
+                         *[f"p_covid_{mode}" for mode in occluded]])
         for i, file in enumerate(files.paths):
-            rel = Path(file).relative_to(data_dir).as_posix() if Path(file).is_relative_to(data_dir) else file
-            writer.writerow([rel, CLASS_NAMES[files.labels[i]], f"{p_covid[i]:.6f}",
-                             CLASS_NAMES[pred_idx[i]], sources[i] if sources else ""])
+            rel = Path(file).relative_to(Path(file).parents[3]).as_posix()
+            writer.writerow([rel, CLASS_NAMES[files.labels[i]], f"{p_covid[i]:.6f}", CLASS_NAMES[pred_idx[i]],
+                             files.sources[i], int(is_disputed[i]), *[f"{p[i]:.6f}" for p in occluded.values()]])
 
 
 def _print_summary(m: dict, out: Path) -> None:
@@ -247,6 +359,12 @@ def _print_summary(m: dict, out: Path) -> None:
         f"  sensitivity  {fmt('sensitivity')}  (Covid recall)",
         f"  specificity  {fmt('specificity')}  (Normal recall)",
         f"  confusion    {m['confusion_matrix']}  (rows true Covid/Normal)",
+        *[f"  within-source {k}: AUC {v['roc_auc']:.4f} [{v['ci95'].get('roc_auc', [float('nan')] * 2)[0]:.4f}, "
+          f"{v['ci95'].get('roc_auc', [float('nan')] * 2)[1]:.4f}]" for k, v in m["within_source"].items()],
+        *[f"  {folder}: AUC {v['roc_auc']:.4f}" + (
+            f", lungs hidden {m['occlusion_audit']['per_folder'][folder]['lungs_hidden']:.4f}, borders hidden "
+            f"{m['occlusion_audit']['per_folder'][folder]['borders_hidden']:.4f}" if m["occlusion_audit"] else "")
+          for folder, v in m["per_folder"].items()],
         f"Report written to {out}/",
     ]))
 

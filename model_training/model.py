@@ -14,12 +14,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 from keras import layers
 
 from cxr.inference import load_classifier  # noqa: F401 - the one loader, re-exported for training
 from cxr.metadata import CLASS_NAMES, HEAD_LAYER
+from cxr.preprocessing import CAFFE_MEAN_BGR
 
 HEADS = ("flatten", "gap")
+AUGMENTATIONS = ("basic", "robust")
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
@@ -54,14 +57,65 @@ def resolve_weights(weights: str) -> str | None:
     return str(path)
 
 
-def augmentation(seed: int, flip: bool = False) -> keras.Sequential:
-    """Zoom 0.2 plus small affine jitter (rotation, shift) as in the original article.
+@keras.saving.register_keras_serializable(package="cxr")
+class SourceCueJitter(layers.Layer):
+    """Take away the cheap cues that tell hospitals apart: black frames, gamma, contrast.
 
-    Horizontal flip is off unless asked for: a flipped chest X-ray puts the heart on the
-    wrong side, an image the model never meets in practice. (RandomShear is left out:
-    Keras 3.15 writes a config for it that it cannot read back.)
+    Every source has its own borders (collimation, burnt-in text, padding), exposure and
+    contrast curve; a network rewarded for recognising them learns the hospital, not the
+    lungs. Per image and with random strength: a black frame of up to ``frame`` of the
+    side on each edge (half the images), a gamma in [1/(1+gamma), 1+gamma] and a contrast
+    factor in [1-contrast, 1+contrast] around the image mean. Works on the caffe-
+    preprocessed input (gray in all three channels), with backend-agnostic ops only.
     """
-    steps = [
+
+    def __init__(self, frame=0.12, gamma=0.4, contrast=0.3, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.frame, self.gamma, self.contrast, self.seed = frame, gamma, contrast, seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, x, training=True):
+        if not training:
+            return x
+        ops = keras.ops
+        mean = ops.convert_to_tensor(CAFFE_MEAN_BGR.tolist(), dtype=x.dtype)
+        gray = ops.clip((x + mean) / 255.0, 0.0, 1.0)
+        n, size = ops.shape(x)[0], x.shape[1]
+        rand = lambda lo, hi, shape=(n, 1, 1, 1): keras.random.uniform(  # noqa: E731
+            shape, lo, hi, seed=self.seed_generator, dtype=x.dtype)
+        gray = ops.power(gray + 1e-6, ops.exp(rand(-1.0, 1.0) * float(np.log1p(self.gamma))))
+        image_mean = ops.mean(gray, axis=(1, 2, 3), keepdims=True)
+        gray = ops.clip((gray - image_mean) * rand(1 - self.contrast, 1 + self.contrast) + image_mean, 0.0, 1.0)
+        edges = rand(0.0, self.frame * size, (n, 4))
+        at = ops.cast(ops.arange(size), x.dtype)
+        rows, cols = ops.reshape(at, (1, size, 1, 1)), ops.reshape(at, (1, 1, size, 1))
+        e = [ops.reshape(edges[:, i], (n, 1, 1, 1)) for i in range(4)]
+        inside = (rows >= e[0]) & (rows < size - e[1]) & (cols >= e[2]) & (cols < size - e[3])
+        keep = inside | (rand(0.0, 1.0) < 0.5)
+        gray = ops.where(keep, gray, ops.zeros_like(gray))
+        return gray * 255.0 - mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "frame": self.frame, "gamma": self.gamma,
+                "contrast": self.contrast, "seed": self.seed}
+
+
+def augmentation(seed: int, flip: bool = False, kind: str = "basic") -> keras.Sequential:
+    """Zoom 0.2 plus small affine jitter (rotation, shift) as in the original article;
+    ``robust`` adds :class:`SourceCueJitter` (frames, gamma, contrast) in front.
+
+    Zoom in cuts the borders as a random crop would. Horizontal flip is off unless asked
+    for: a flipped chest X-ray puts the heart on the wrong side, an image the model never
+    meets in practice. (RandomShear is left out: Keras 3.15 writes a config for it that it
+    cannot read back.)
+    """
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"augmentation must be one of {AUGMENTATIONS}")
+    steps = [SourceCueJitter(seed=seed + 10, name="source_cue_jitter")] if kind == "robust" else []
+    steps += [
         layers.RandomZoom(0.2, fill_mode="constant", seed=seed),
         layers.RandomRotation(0.03, fill_mode="constant", seed=seed + 1),
         layers.RandomTranslation(0.05, 0.05, fill_mode="constant", seed=seed + 2),
@@ -124,10 +178,10 @@ def _freeze_base(base: keras.Model, fine_tune_from: str | None) -> None:
         layer.trainable = i >= start
 
 
-def build_training_model(classifier: keras.Model, *, seed: int, flip: bool) -> keras.Model:
+def build_training_model(classifier: keras.Model, *, seed: int, flip: bool, augment: str = "basic") -> keras.Model:
     size = classifier.input_shape[1]
     inputs = keras.Input((size, size, 3), name="image")
-    outputs = classifier(augmentation(seed, flip)(inputs))
+    outputs = classifier(augmentation(seed, flip, augment)(inputs))
     return keras.Model(inputs, outputs, name="training_model")
 
 

@@ -1,10 +1,18 @@
 """Train the Covid/Normal ResNet50 and write a self-describing ``.h5`` model.
 
-    python -m model_training.train --data-dir ../shared/data/cxr --out models/covid_resnet50.h5 --weights none
+    python -m model_training.train --data-dir ../shared/data/siim --out models/covid_resnet50.h5 --weights none
 
 Reads top to bottom like the keras.io examples: data -> model -> callbacks -> fit -> save.
 Every epoch leaves a checkpoint in ``<out>.ckpt/``; ``--resume`` continues from it with
 the same result as an unbroken run.
+
+Runs on any Keras 3 backend (``KERAS_BACKEND=tensorflow|jax|torch``): the data come from a
+NumPy ``PyDataset`` and TensorFlow is imported only when it is the backend, so the same
+command trains on a GPU machine that has JAX and no TensorFlow.
+
+Model selection watches the validation AUC of the sources that hold both classes
+(``siim``): where each source has one class, a pooled AUC rewards recognising the
+hospital, which is exactly what the model must not learn.
 """
 
 from __future__ import annotations
@@ -18,13 +26,18 @@ import sys
 import time
 from pathlib import Path
 
-from .data import BALANCE_MODES, DataError, list_split
+import numpy as np
 from cxr.metadata import (CLASS_NAMES, DEFAULT_THRESHOLD, atomic_path, read_metadata, sha256_file, sidecar_path,
-                       write_json_atomic)
+                          write_json_atomic)
 from cxr.preprocessing import PREPROCESSING_MODE
+
+from .data import BALANCE_MODES, DataError, disputed_files, list_split
+from .model import AUGMENTATIONS
 
 # Settings a resumed run may change; everything else comes from the checkpoint.
 RESUME_OVERRIDABLE = ("epochs", "patience", "out")
+DEFAULT_DATA_DIR = "../shared/data/siim"
+DEFAULT_DISPUTED = "../shared/data/siim/cxr_overlap.csv"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,7 +47,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         "with a sidecar <model>.json holding everything the web app needs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--data-dir", default="../shared/data/cxr", help="folder with train/val/test/{covid,normal}/ images")
+    p.add_argument("--data-dir", action="append", default=None,
+                   help="folder with train/val/test/{covid,normal}/ images; repeat to train on several "
+                   f"(default: {DEFAULT_DATA_DIR})")
+    p.add_argument("--disputed", default=DEFAULT_DISPUTED, metavar="CSV",
+                   help="SIIM's cxr_overlap.csv: cxr Covid images that SIIM's radiologists read as "
+                   "'Negative for Pneumonia' are left out of training and validation ('' keeps them)")
     p.add_argument("--out", default="models/covid_resnet50.h5", help="where to write the trained model (.h5)")
     p.add_argument("--weights", default="imagenet",
                    help="ResNet50 base weights: 'imagenet' (downloads once; needs internet), 'none' "
@@ -52,7 +70,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fine-tune-from", metavar="LAYER", default=None,
                    help="with pretrained weights, unfreeze the base from this layer on (e.g. conv5_block1_1_conv)")
     p.add_argument("--balance", choices=BALANCE_MODES, default="weights",
-                   help="class imbalance: inverse-frequency class weights, class-balanced epochs, or nothing")
+                   help="class imbalance: inverse-frequency class weights, class-balanced epochs, epochs balanced "
+                   "over (source, class) with sources holding both classes dominating, or nothing")
+    p.add_argument("--augment", choices=AUGMENTATIONS, default="robust",
+                   help="basic: zoom, rotation, shift; robust: also random black frames, gamma and contrast "
+                   "jitter, which take away the borders and exposure that tell hospitals apart")
     p.add_argument("--flip", action="store_true", help="add random horizontal flips (off: a flipped chest X-ray is anatomically wrong)")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (on val AUC)")
     p.add_argument("--limit", type=int, default=None, help="use a stratified subset of N training (and N validation) images")
@@ -62,7 +84,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --checkpoint-dir")
     p.add_argument("--restart", action="store_true", help="discard an unfinished checkpoint and start over")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = all cores)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.data_dir = args.data_dir or [DEFAULT_DATA_DIR]
+    return args
 
 
 def log(message: str) -> None:
@@ -107,23 +131,28 @@ def train(args: argparse.Namespace) -> Path:
         state = None
     if args.resume and state:
         overrides = {k: getattr(args, k) for k in RESUME_OVERRIDABLE}
-        args = argparse.Namespace(**{**state["config"], **overrides, "resume": True, "restart": False})
+        config = {"augment": "basic", **state["config"]}  # checkpoints older than --augment had basic only
+        args = argparse.Namespace(**{**vars(parse_args([])), **config, **overrides, "resume": True, "restart": False})
+        if isinstance(args.data_dir, str):  # checkpoints older than repeatable --data-dir
+            args.data_dir = [args.data_dir]
         log(f"Resuming {ckpt_dir}: {state['completed_epochs']} of {args.epochs} epochs done.")
     elif args.resume:
         log(f"No checkpoint in {ckpt_dir}; starting a new run.")
         state = None
 
     import keras
-    import tensorflow as tf
 
     from . import data as data_mod
     from .callbacks import BEST_WEIGHTS, LAST_MODEL, EpochCheckpoint, ReseedAugmentation, ResumableEarlyStopping
     from .model import build_classifier, build_training_model, compile_model, load_classifier
 
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(args.seed)
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":  # only then: other backends run without TensorFlow
+        import tensorflow as tf
+
+        if args.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.experimental.enable_op_determinism()
 
     # Model first: an offline --weights imagenet must fail before minutes of data scanning.
     first_epoch = state["completed_epochs"] if state else 0
@@ -137,17 +166,13 @@ def train(args: argparse.Namespace) -> Path:
         )
         if args.init_from:
             classifier.set_weights(load_classifier(args.init_from).get_weights())
-        train_model = build_training_model(classifier, seed=args.seed, flip=args.flip)
+        train_model = build_training_model(classifier, seed=args.seed, flip=args.flip,
+                                           augment=getattr(args, "augment", "basic"))
 
-    log(f"Reading {args.data_dir} ...")
-    train_files = list_split(args.data_dir, "train", limit=args.limit, seed=args.seed, log=log)
-    val_files = list_split(args.data_dir, "val", limit=args.limit, seed=args.seed, log=log)
-    log(f"  train: {train_files.counts()}  val: {val_files.counts()}  "
-        f"skipped unreadable: {len(train_files.skipped) + len(val_files.skipped)}")
-
-    per_epoch = len(data_mod.epoch_order(train_files.labels, 0, args.seed, args.balance))
+    train_files, val_files, monitored = read_data(args)
+    per_epoch = len(data_mod.epoch_order(train_files.labels, 0, args.seed, args.balance, train_files.sources))
     batch_size = min(args.batch_size, per_epoch)
-    steps = data_mod.steps_per_epoch(train_files.labels, batch_size, args.balance)
+    steps = data_mod.steps_per_epoch(train_files.labels, batch_size, args.balance, train_files.sources)
     if not state:
         lr = args.learning_rate
         if args.lr_schedule == "cosine":
@@ -161,8 +186,9 @@ def train(args: argparse.Namespace) -> Path:
     val_ds = data_mod.eval_dataset(val_files, args.image_size, batch_size, cache=True)
     class_weight = data_mod.class_weights(train_files.labels) if args.balance == "weights" else None
 
-    # Monitor validation ROC AUC: on 2.4:1 imbalanced data accuracy rewards predicting
-    # "Normal", while AUC ranks the two classes independently of any threshold.
+    # Monitor validation ROC AUC: on imbalanced data accuracy rewards predicting the larger
+    # class, while AUC ranks the two classes independently of any threshold. The val set
+    # holds only sources with both classes (read_data), so this AUC is within-source.
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     model_checkpoint = keras.callbacks.ModelCheckpoint(
         ckpt_dir / BEST_WEIGHTS, monitor="val_auc", mode="max", save_best_only=True,
@@ -188,7 +214,7 @@ def train(args: argparse.Namespace) -> Path:
     if first_epoch < args.epochs and not (state and state.get("stopped_early")):
         train_model.fit(
             train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=first_epoch,
-            steps_per_epoch=steps, class_weight=class_weight, callbacks=callbacks,
+            steps_per_epoch=steps, class_weight=class_weight, callbacks=callbacks, shuffle=False,
             verbose=1 if sys.stdout.isatty() else 2,
         )
     history = epoch_checkpoint.history
@@ -231,11 +257,16 @@ def train(args: argparse.Namespace) -> Path:
                 len(aucs) * steps * batch_size / max(1e-9, sum(history["epoch_seconds"])), 3),
             "class_weight": class_weight,
             "monitor": "val_auc",
+            "monitored_sources": monitored,
+            "backend": keras.backend.backend(),
         },
         "data": {
-            "data_dir": str(args.data_dir),
+            "data_dirs": [str(d) for d in args.data_dir],
             "train": train_files.counts(),
             "val": val_files.counts(),
+            "train_per_source": _source_counts(train_files),
+            "val_per_source": _source_counts(val_files),
+            "excluded_disputed": len(train_files.excluded) + len(val_files.excluded),
             "skipped_unreadable": [p for p, _ in train_files.skipped + val_files.skipped],
             "balance": args.balance,
         },
@@ -248,6 +279,36 @@ def train(args: argparse.Namespace) -> Path:
     write_json_atomic(ckpt_dir / "state.json", {**_read_json(ckpt_dir / "state.json"), "finished": True,
                                                 "stopped_early": stopped_early})
     _summary(meta, out, time.perf_counter() - started)
+    return out
+
+
+def read_data(args: argparse.Namespace):
+    """Train and val files of every data folder, and the sources the val AUC is computed on.
+
+    Validation keeps only the sources that hold both classes when there are any: with one
+    source per class, a val AUC measures how well the model tells hospitals apart.
+    """
+    log(f"Reading {', '.join(map(str, args.data_dir))} ...")
+    exclude = set()
+    for d in args.data_dir:
+        exclude |= disputed_files(args.disputed, d) if args.disputed else set()
+    train_files = list_split(args.data_dir, "train", limit=args.limit, seed=args.seed, exclude=exclude, log=log)
+    val_files = list_split(args.data_dir, "val", limit=args.limit, seed=args.seed, exclude=exclude, log=log)
+    monitored = val_files.two_class_sources()
+    if monitored and len(monitored) < len(set(val_files.sources)):
+        val_files = val_files.subset(np.isin(val_files.sources, monitored))
+    log(f"  train: {train_files.counts()} from {_source_counts(train_files)}")
+    log(f"  val: {val_files.counts()} (AUC monitored on sources {monitored or 'all, none has both classes'})")
+    log(f"  left out as disputed: {len(train_files.excluded) + len(val_files.excluded)}; "
+        f"skipped unreadable: {len(train_files.skipped) + len(val_files.skipped)}")
+    return train_files, val_files, monitored
+
+
+def _source_counts(files) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for source, label in zip(files.sources, files.labels):
+        entry = out.setdefault(source, {c: 0 for c in CLASS_NAMES})
+        entry[CLASS_NAMES[label]] += 1
     return out
 
 
@@ -270,13 +331,15 @@ def _read_json(path: Path) -> dict:
 
 
 def _versions() -> dict:
-    import keras
-    import numpy
-    import PIL
-    import tensorflow as tf
+    import importlib
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": numpy.__version__, "pillow": PIL.__version__}
+    import keras
+    import PIL
+
+    backend = keras.backend.backend()
+    return {"python": platform.python_version(), "keras": keras.__version__, "backend": backend,
+            backend: importlib.import_module(backend).__version__,  # the backend is imported already
+            "numpy": np.__version__, "pillow": PIL.__version__}
 
 
 def _summary(meta: dict, out: Path, seconds: float) -> None:

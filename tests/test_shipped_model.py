@@ -33,7 +33,8 @@ def test_shipped_model_reproduces_its_report(shipped_predictor, data_dir):
     picked = [r for r in rows if r["true_label"] == "Covid"][:4] + [r for r in rows if r["true_label"] == "Normal"][:4]
     assert len(picked) == 8
     for row in picked:
-        prediction = shipped_predictor.predict_bytes((data_dir / row["file"]).read_bytes())
+        # predictions.csv names files relative to the data folders' parent (siim/test/..., cxr/test/...)
+        prediction = shipped_predictor.predict_bytes((data_dir.parent / row["file"]).read_bytes())
         assert prediction.probabilities["Covid"] == pytest.approx(float(row["p_covid"]), abs=1e-4), row["file"]
         assert prediction.label == row["predicted_label"], row["file"]
 

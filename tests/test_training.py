@@ -104,12 +104,12 @@ def test_threshold_reaches_target_recall_on_val():
 def test_training_pipeline_and_serving_path_give_the_same_array(data_dir):
     files = data.list_split(data_dir, "val", limit=6, check=False)
     served = [load_image_bytes(Path(p).read_bytes(), 48) for p in files.paths]
-    evaluated = np.concatenate([x.numpy() for x, _ in data.eval_dataset(files, 48, 4)])
+    evaluated = np.concatenate([np.asarray(x) for x, _ in data.eval_dataset(files, 48, 4)])
     np.testing.assert_array_equal(evaluated, np.stack(served))
     # the training batches are the same arrays, in the epoch's order
     order = data.epoch_order(files.labels, 0, 0, "weights")
     batches = data.training_dataset(files, 48, 3, seed=0, first_epoch=0, epochs=1, balance="weights")
-    trained = np.concatenate([x.numpy() for x, _ in batches])
+    trained = np.concatenate([np.asarray(x) for x, _ in batches])
     np.testing.assert_array_equal(trained, np.stack(served)[order[: len(trained)]])
 
 
@@ -240,3 +240,38 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
 def test_cli_help(module):
     result = _run_cli(module, "--help")
     assert result.returncode == 0 and "usage:" in result.stdout
+
+
+# --- several data folders, sources, source-balanced epochs (issue 11) ---------------------
+
+SIIM_DIR = ROOT.parent / "shared" / "data" / "siim"
+
+
+def test_several_data_folders_carry_their_sources(data_dir):
+    files = data.list_split([SIIM_DIR, data_dir], "val", limit=40, check=False)
+    assert set(files.folders) == {"siim", "cxr"}
+    by_folder = {f: {s for s, g in zip(files.sources, files.folders) if g == f} for f in ("siim", "cxr")}
+    assert by_folder["siim"] == {"siim"} and "rsna" in by_folder["cxr"]
+    # only siim holds both classes within one source: the only within-source metric there is
+    assert files.two_class_sources() == ["siim"]
+
+
+def test_source_balanced_epochs_are_dominated_by_same_source_pairs():
+    labels = np.array([0] * 30 + [1] * 20 + [0] * 50 + [1] * 200)
+    sources = np.array(["siim"] * 50 + ["c19rdb"] * 50 + ["rsna"] * 200)
+    order = data.epoch_order(labels, 3, 0, "source", sources)
+    np.testing.assert_array_equal(order, data.epoch_order(labels, 3, 0, "source", sources))  # pure function
+    picked_src, picked_lab = sources[order], labels[order]
+    siim = picked_src == "siim"
+    assert (picked_lab[siim] == 0).sum() == (picked_lab[siim] == 1).sum() == 20
+    # one-class sources: a fixed share, as many Covid as Normal, so their look says nothing about the class
+    assert (picked_src == "c19rdb").sum() == (picked_src == "rsna").sum() == 5
+    assert len(set(order)) == len(order)
+
+
+def test_disputed_cxr_covid_images_are_listed_from_the_overlap_file(data_dir):
+    disputed = data.disputed_files(SIIM_DIR / "cxr_overlap.csv", data_dir)
+    assert len(disputed) == 187  # 133 train + 28 val + 26 test images (SOURCES.md of siim)
+    assert all("/covid/" in p and Path(p).exists() for p in disputed)
+    files = data.list_split(data_dir, "test", check=False, exclude=disputed)
+    assert len(files.excluded) == 26 and not set(files.paths) & disputed
