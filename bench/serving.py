@@ -15,6 +15,8 @@ In one run, on one machine, with a real model and real X-rays it measures:
 4. the naive baseline of the original article's app: Keras ``model.predict`` three times
    per uploaded image;
 5. start-up time until ``/readyz`` answers 200, and the peak RSS of every gunicorn worker;
+6. ``/predict/batch`` (issue 13) on the same server: images/s with 1, 4, 8 and 16 files per
+   request from one client, against single ``/predict`` calls (one client, and four);
 
 then prints a table and the ratios HTTP p50 / bare forward, baseline / ours and forward /
 compute floor (ResNet50 ~8.2 GFLOP at 224 px, scaled by (size/224)^2, over the cores' peak).
@@ -49,6 +51,7 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "cxr"
 RESNET50_GFLOP_224 = 8.2
 PEAK_GFLOPS_PER_CORE = 78.0  # one Zen core, AVX2 FMA at ~2.45 GHz, float32 (measured ~74-92 with numpy)
 BACKENDS = ("onnx", "tensorflow")
+BATCH_SIZES = (1, 4, 8, 16)  # files per /predict/batch request (BATCH_MAX_FILES defaults to 16)
 TARGETS = {
     "http_p50_over_forward": 1.25,
     "forward_over_floor": 1.6,
@@ -360,6 +363,65 @@ def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> d
     }
 
 
+def multipart_files(payloads: list[bytes], boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
+    """A ``/predict/batch`` body: the field ``files`` repeated, as ``curl -F files=@a -F files=@b`` sends."""
+    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"xray{i}.jpg\"\r\n"
+              f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(payloads)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def load_batch(url: str, payloads: list[bytes], size: int, seconds: float) -> dict:
+    """One client posting ``/predict/batch`` requests of ``size`` X-rays back to back for ``seconds``.
+
+    A request counts only when it answers 200 with ``size`` classified items.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    # A few pre-encoded bodies, each starting at another image, so batches are not all alike.
+    bodies = [multipart_files([payloads[(start + k) % len(payloads)] for k in range(size)])
+              for start in range(min(len(payloads), 4))]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    connection = http.client.HTTPConnection(host, port, timeout=120)
+    started = time.perf_counter()
+    deadline = started + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        body, content_type = bodies[i % len(bodies)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            connection.request("POST", "/predict/batch", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            payload = response.read()
+            ok = response.status == 200 and payload.count(b'"label"') == size
+            key = "200" if ok else str(response.status)
+        except (OSError, http.client.HTTPException) as exc:
+            key = exc.__class__.__name__
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=120)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if key == "200":
+            latencies.append(elapsed)
+        else:
+            errors[key] = errors.get(key, 0) + 1
+    connection.close()
+    wall = time.perf_counter() - started
+    return {
+        "batch_size": size,
+        "seconds": round(wall, 2),
+        "requests": len(latencies),
+        "images": len(latencies) * size,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "images_per_s": round(len(latencies) * size / wall, 2),
+        "p50_ms": _r(percentile(latencies, 50)),
+        "p95_ms": _r(percentile(latencies, 95)),
+    }
+
+
 def _r(value):
     return None if value is None else round(value, 2)
 
@@ -370,13 +432,16 @@ ALT_LAYOUT = {"WEB_CONCURRENCY": "2", "INFERENCE_INTRA_OP_THREADS": "1"}
 
 
 def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, levels=(1, 4, 16),
-               ready_timeout: float = 180, extra_env: dict[str, str] | None = None) -> dict:
+               ready_timeout: float = 180, extra_env: dict[str, str] | None = None, batch_sizes=()) -> dict:
     with Server(model, backend, extra_env) as server:
         ready_s = server.start(ready_timeout)
         info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
         served_by = (info.get("model") or {}).get("backend")
         load(server.url, payloads, 2, 1.0)  # warm every path (and both workers' first requests)
         runs = {f"c{c}": load(server.url, payloads, c, seconds) for c in levels}
+        if batch_sizes:
+            load_batch(server.url, payloads, max(batch_sizes), 1.0)  # warm the largest batch shape
+            runs["batch"] = {f"b{b}": load_batch(server.url, payloads, b, seconds) for b in batch_sizes}
         server.stop()
         return {
             "backend": served_by,
@@ -428,6 +493,9 @@ def ratios(results: dict) -> dict:
         if "c16" in http:
             out["c16_throughput_over_forward_rate"] = round(
                 http["c16"]["throughput_rps"] * ours["forward"]["median_ms"] / 1000, 2)
+    if http and "batch" in http and http["c1"]["throughput_rps"]:
+        for key, run in http["batch"].items():
+            out[f"batch_{key}_over_single_c1"] = round(run["images_per_s"] / http["c1"]["throughput_rps"], 2)
     baseline = results.get("baseline")
     if baseline:
         per_request = ours["forward"]["median_ms"] + ours["preprocess"]["median_ms"]
@@ -459,6 +527,10 @@ def table(results: dict) -> str:
                 r = h[level]
                 rows.append((f"HTTP {backend} {level.replace('c', 'c=')} throughput, p95",
                              f"{r['throughput_rps']:.1f} req/s, {r['p95_ms']:.0f} ms ({r['errors']} errors)"))
+        for key, run in h.get("batch", {}).items():
+            rows.append((f"HTTP {backend} /predict/batch, {run['batch_size']} files/request, 1 client",
+                         f"{run['images_per_s']:.1f} images/s, p50 {run['p50_ms']:.0f} ms/request "
+                         f"({run['errors']} errors)"))
         rows.append((f"HTTP {backend} ready (/readyz 200), worker peak RSS",
                      f"{h['ready_s']:.1f} s, {h['worker_peak_rss_mb']:.0f} MB x {h['workers']} worker(s)"))
     alt = results.get("http_alt_layout")
@@ -500,12 +572,42 @@ def markdown(results: dict) -> str:
         table(results),
         "```",
         "",
+    ]
+    lines += batch_section(results)
+    lines += [
         "## Targets (issue 5)",
         "",
     ]
     lines += [f"- {line}" for line in results["targets"]]
     lines.append("")
     return "\n".join(lines)
+
+
+def batch_section(results: dict) -> list[str]:
+    """The ``/predict/batch`` figures (issue 13) as a table against single ``/predict`` calls."""
+    backend, h = next(((b, h) for b, h in results["http"].items() if "batch" in h), (None, None))
+    if h is None:
+        return []
+    c1, c4 = h["c1"], h.get("c4")
+    lines = [
+        "## Batch prediction (issue 13)",
+        "",
+        f"`POST /predict/batch` on the same gunicorn server ({backend}, `make run`'s layout), one client "
+        f"posting batches back to back for {results['seconds']} s per size; single `/predict` calls from the "
+        "table above for comparison. One batch is decoded file by file, then one forward pass.",
+        "",
+        "| request | images/s | p50 per request | vs single c=1 |",
+        "|---|---|---|---|",
+        f"| single `/predict`, 1 client (c=1) | {c1['throughput_rps']:.1f} | {c1['p50_ms']:.0f} ms | 1.00x |",
+    ]
+    if c4:
+        lines.append(f"| single `/predict`, 4 parallel clients (c=4) | {c4['throughput_rps']:.1f} | "
+                     f"{c4['p50_ms']:.0f} ms | {c4['throughput_rps'] / c1['throughput_rps']:.2f}x |")
+    for run in h["batch"].values():
+        lines.append(f"| `/predict/batch`, {run['batch_size']} files, 1 client | {run['images_per_s']:.1f} | "
+                     f"{run['p50_ms']:.0f} ms | {run['images_per_s'] / c1['throughput_rps']:.2f}x |")
+    lines.append("")
+    return lines
 
 
 def check_targets(results: dict) -> list[str]:
@@ -526,6 +628,7 @@ def check_targets(results: dict) -> list[str]:
         verdict(f"ready s ({backend})", h["ready_s"], TARGETS["ready_s"].get(backend, 20.0))
         verdict(f"worker peak RSS MB ({backend})", h["worker_peak_rss_mb"], TARGETS["worker_rss_mb"].get(backend, 1200))
         errors = sum(h[k]["errors"] for k in h if k.startswith("c") and isinstance(h[k], dict))
+        errors += sum(run["errors"] for run in h.get("batch", {}).values())
         verdict(f"HTTP errors ({backend})", errors, 0)
     return out
 
@@ -602,8 +705,11 @@ def main(argv=None) -> int:
     log("[4] naive baseline (Keras model.predict x3 per image) ...")
     results["baseline"] = run_child(["--child", "baseline", str(model), "3", *images[: max(1, len(images) // 2)]])
     for backend in backends:
-        log(f"[3,5] gunicorn as `make run`, {backend}: ready time, c=1/4/16 for {args.seconds:g} s each ...")
-        results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds)
+        batch_sizes = BATCH_SIZES if backend == backends[0] else ()
+        log(f"[3,5,6] gunicorn as `make run`, {backend}: ready time, c=1/4/16"
+            + (f", /predict/batch of {'/'.join(map(str, batch_sizes))}" if batch_sizes else "")
+            + f" for {args.seconds:g} s each ...")
+        results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds, batch_sizes=batch_sizes)
     if not args.quick and "onnx" in backends and not args.no_alt_layout:
         log(f"[3] alternative layout {ALT_LAYOUT}, onnx: c=1 and c=16 ...")
         results["http_alt_layout"] = http_bench(str(model), "onnx", payloads, args.seconds, levels=(1, 16),
