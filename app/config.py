@@ -24,9 +24,14 @@ DEFAULTS = {
     # How long a /predict request waits for a model still loading before answering 503;
     # covers a freshly (re)started worker, so a restart does not turn into 5xx for clients.
     "READY_WAIT_S": 30.0,
+    # POST /predict/batch: most files in one request, and the largest whole request body in
+    # megabytes (each file is also held to MAX_UPLOAD_MB); 413 above either.
+    "BATCH_MAX_FILES": 16,
+    "BATCH_MAX_MB": 50,
 }
 
-_CASTS = {"MAX_UPLOAD_MB": float, "PORT": int, "READY_WAIT_S": float}
+_CASTS = {"MAX_UPLOAD_MB": float, "PORT": int, "READY_WAIT_S": float, "BATCH_MAX_FILES": int,
+          "BATCH_MAX_MB": float}
 _BOOLS = {"LOAD_MODEL_ASYNC"}
 
 

@@ -18,7 +18,7 @@ from cxr.errors import InputError
 
 log = logging.getLogger("cxr.errors")
 
-API_PATHS = ("/predict", "/healthz", "/readyz")
+API_PATHS = ("/predict", "/predict/batch", "/healthz", "/readyz", "/openapi.json")
 
 # Werkzeug's status codes -> our stable machine-readable codes.
 HTTP_CODES = {

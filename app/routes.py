@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from flask import Blueprint, current_app, jsonify, request
 
+from app.answers import image_answer
+from app.batch import batch_results, read_uploads
 from app.errors import ApiError
 from app.explanations import explain_upload, parse_flag
+from app.openapi import openapi_document
 from app.pages import DISCLAIMER, model_state, render_index
 from app.security import key_matches, presented_key
 from cxr.metadata import CLASS_NAMES
@@ -52,7 +55,7 @@ def _upload_bytes() -> bytes:
 
 def _classify(data: bytes) -> dict:
     predictor = _predictor()
-    result = predictor.predict_bytes(data).as_dict()
+    result = image_answer(predictor.predict_bytes(data))
     result["model"] = predictor.model_info()
     result["disclaimer"] = DISCLAIMER
     return result
@@ -106,6 +109,25 @@ def predict():
     if explain is None:
         return jsonify(_classify(data))
     return jsonify(_classify_explained(data, explain))
+
+
+@bp.post("/predict/batch")
+def predict_batch():
+    """Several X-rays (multipart field ``files`` repeated), one forward pass; see ``app.batch``."""
+    _check_api_key()
+    if _explain_request() is not None:
+        raise ApiError(400, "explain_not_supported", "Heatmaps are not made for batches; "
+                       "use POST /predict?explain=true for each image you want explained.")
+    items = read_uploads(current_app.config)
+    predictor = _predictor()
+    return jsonify({"results": batch_results(predictor, items), "model": predictor.model_info(),
+                    "disclaimer": DISCLAIMER})
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3.1 description of every route (``app.openapi``)."""
+    return jsonify(openapi_document(current_app.config))
 
 
 @bp.get("/healthz")

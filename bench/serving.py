@@ -15,6 +15,8 @@ In one run, on one machine, with a real model and real X-rays it measures:
 4. the naive baseline of the original article's app: Keras ``model.predict`` three times
    per uploaded image;
 5. start-up time until ``/readyz`` answers 200, and the peak RSS of every gunicorn worker;
+6. ``/predict/batch`` (issue 13) on the same server: images/s with 1, 4, 8 and 16 files per
+   request from one client, against single ``/predict`` calls (one client, and four);
 
 then prints a table and the ratios HTTP p50 / bare forward, baseline / ours and forward /
 compute floor (ResNet50 ~8.2 GFLOP at 224 px, scaled by (size/224)^2, over the cores' peak).
@@ -49,6 +51,7 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "cxr"
 RESNET50_GFLOP_224 = 8.2
 PEAK_GFLOPS_PER_CORE = 78.0  # one Zen core, AVX2 FMA at ~2.45 GHz, float32 (measured ~74-92 with numpy)
 BACKENDS = ("onnx", "tensorflow")
+BATCH_SIZES = (1, 4, 8, 16)  # files per /predict/batch request (BATCH_MAX_FILES defaults to 16)
 TARGETS = {
     "http_p50_over_forward": 1.25,
     "forward_over_floor": 1.6,
@@ -297,7 +300,7 @@ def multipart(data: bytes, boundary: str = "cxrbenchboundary") -> tuple[bytes, s
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> dict:
+def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, keep_latencies: bool = False) -> dict:
     """Closed loop: ``concurrency`` clients post X-rays back to back for ``seconds``.
 
     Clients use keep-alive ``http.client`` connections and pre-encoded bodies, so the
@@ -357,7 +360,97 @@ def load(url: str, payloads: list[bytes], concurrency: int, seconds: float) -> d
         "p50_ms": _r(percentile(latencies, 50)),
         "p95_ms": _r(percentile(latencies, 95)),
         "p99_ms": _r(percentile(latencies, 99)),
+        **({"latencies": latencies} if keep_latencies else {}),
     }
+
+
+def multipart_files(payloads: list[bytes], boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
+    """A ``/predict/batch`` body: the field ``files`` repeated, as ``curl -F files=@a -F files=@b`` sends."""
+    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"xray{i}.jpg\"\r\n"
+              f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(payloads)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def load_batch(url: str, payloads: list[bytes], size: int, seconds: float, keep_latencies: bool = False) -> dict:
+    """One client posting ``/predict/batch`` requests of ``size`` X-rays back to back for ``seconds``.
+
+    A request counts only when it answers 200 with ``size`` classified items.
+    """
+    import http.client
+    from urllib.parse import urlsplit
+
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    # A few pre-encoded bodies, each starting at another image, so batches are not all alike.
+    bodies = [multipart_files([payloads[(start + k) % len(payloads)] for k in range(size)])
+              for start in range(min(len(payloads), 4))]
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    connection = http.client.HTTPConnection(host, port, timeout=120)
+    started = time.perf_counter()
+    deadline = started + seconds
+    i = 0
+    while time.perf_counter() < deadline:
+        body, content_type = bodies[i % len(bodies)]
+        i += 1
+        t0 = time.perf_counter()
+        try:
+            connection.request("POST", "/predict/batch", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            payload = response.read()
+            ok = response.status == 200 and payload.count(b'"label"') == size
+            key = "200" if ok else str(response.status)
+        except (OSError, http.client.HTTPException) as exc:
+            key = exc.__class__.__name__
+            connection.close()
+            connection = http.client.HTTPConnection(host, port, timeout=120)
+        elapsed = (time.perf_counter() - t0) * 1000
+        if key == "200":
+            latencies.append(elapsed)
+        else:
+            errors[key] = errors.get(key, 0) + 1
+    connection.close()
+    wall = time.perf_counter() - started
+    return {
+        "batch_size": size,
+        "seconds": round(wall, 2),
+        "requests": len(latencies),
+        "images": len(latencies) * size,
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "images_per_s": round(len(latencies) * size / wall, 2),
+        "p50_ms": _r(percentile(latencies, 50)),
+        "p95_ms": _r(percentile(latencies, 95)),
+        **({"latencies": latencies} if keep_latencies else {}),
+    }
+
+
+def paired_batch(url: str, payloads: list[bytes], size: int, seconds: float, window: float = 1.5) -> dict:
+    """``/predict/batch`` of ``size`` files against single ``/predict`` calls, one client each,
+    in alternating windows of ``window`` seconds until each had ``seconds``.
+
+    Interleaving gives both the same share of whatever else runs on the machine, so their
+    ratio holds on a busy machine where two separate 15 s runs would not be comparable.
+    """
+    singles, batches = [], []
+    spent = 0.0
+    window = min(window, seconds)
+    while spent < seconds - 1e-9:
+        step = min(window, seconds - spent)
+        singles.append(load(url, payloads, 1, step, keep_latencies=True))
+        batches.append(load_batch(url, payloads, size, step, keep_latencies=True))
+        spent += step
+
+    def pooled(runs: list[dict], per_request: int) -> dict:
+        latencies = [x for run in runs for x in run.pop("latencies")]
+        wall = sum(run["seconds"] for run in runs)
+        errors = sum(run["errors"] for run in runs)
+        return {"seconds": round(wall, 2), "requests": len(latencies), "images": len(latencies) * per_request,
+                "errors": errors, "images_per_s": round(len(latencies) * per_request / wall, 2) if wall else 0.0,
+                "p50_ms": _r(percentile(latencies, 50)), "p95_ms": _r(percentile(latencies, 95))}
+
+    batch, single = pooled(batches, size), pooled(singles, 1)
+    return {"batch_size": size, "windows": len(batches), "window_s": window, **batch, "single": single,
+            "over_single": round(batch["images_per_s"] / single["images_per_s"], 2) if single["images_per_s"] else None}
 
 
 def _r(value):
@@ -370,13 +463,16 @@ ALT_LAYOUT = {"WEB_CONCURRENCY": "2", "INFERENCE_INTRA_OP_THREADS": "1"}
 
 
 def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, levels=(1, 4, 16),
-               ready_timeout: float = 180, extra_env: dict[str, str] | None = None) -> dict:
+               ready_timeout: float = 180, extra_env: dict[str, str] | None = None, batch_sizes=()) -> dict:
     with Server(model, backend, extra_env) as server:
         ready_s = server.start(ready_timeout)
         info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
         served_by = (info.get("model") or {}).get("backend")
         load(server.url, payloads, 2, 1.0)  # warm every path (and both workers' first requests)
         runs = {f"c{c}": load(server.url, payloads, c, seconds) for c in levels}
+        if batch_sizes:
+            load_batch(server.url, payloads, max(batch_sizes), 1.0)  # warm the largest batch shape
+            runs["batch"] = {f"b{b}": paired_batch(server.url, payloads, b, seconds) for b in batch_sizes}
         server.stop()
         return {
             "backend": served_by,
@@ -428,6 +524,9 @@ def ratios(results: dict) -> dict:
         if "c16" in http:
             out["c16_throughput_over_forward_rate"] = round(
                 http["c16"]["throughput_rps"] * ours["forward"]["median_ms"] / 1000, 2)
+    if http and "batch" in http:
+        for key, run in http["batch"].items():
+            out[f"batch_{key}_over_single_c1"] = run["over_single"]
     baseline = results.get("baseline")
     if baseline:
         per_request = ours["forward"]["median_ms"] + ours["preprocess"]["median_ms"]
@@ -459,6 +558,10 @@ def table(results: dict) -> str:
                 r = h[level]
                 rows.append((f"HTTP {backend} {level.replace('c', 'c=')} throughput, p95",
                              f"{r['throughput_rps']:.1f} req/s, {r['p95_ms']:.0f} ms ({r['errors']} errors)"))
+        for key, run in h.get("batch", {}).items():
+            rows.append((f"HTTP {backend} /predict/batch, {run['batch_size']} files/request, 1 client",
+                         f"{run['images_per_s']:.1f} images/s vs {run['single']['images_per_s']:.1f} single, "
+                         f"p50 {run['p50_ms']:.0f} ms/request ({run['errors'] + run['single']['errors']} errors)"))
         rows.append((f"HTTP {backend} ready (/readyz 200), worker peak RSS",
                      f"{h['ready_s']:.1f} s, {h['worker_peak_rss_mb']:.0f} MB x {h['workers']} worker(s)"))
     alt = results.get("http_alt_layout")
@@ -500,12 +603,56 @@ def markdown(results: dict) -> str:
         table(results),
         "```",
         "",
+    ]
+    lines += batch_section(results)
+    lines += [
         "## Targets (issue 5)",
         "",
     ]
     lines += [f"- {line}" for line in results["targets"]]
     lines.append("")
     return "\n".join(lines)
+
+
+def batch_section(results: dict, separate: bool = False) -> list[str]:
+    """The ``/predict/batch`` figures (issue 13) as a table against single ``/predict`` calls;
+    ``separate``: they come from a ``--batch-only`` run, not from the run of the main table."""
+    backend, h = next(((b, h) for b, h in results["http"].items() if "batch" in h), (None, None))
+    if h is None:
+        return []
+    c1, c4 = h["c1"], h.get("c4")
+    load_average = results.get("load_average", {})
+    lines = [
+        "## Batch prediction (issue 13)",
+        "",
+        (f"From its own run, `{results['command']}` on {results['created']} (model `{results['model']['path']}`, "
+         f"{results['model']['input_size']} px; {results['machine'].get('cpu')}, {results['machine']['cores']} "
+         "usable cores), not the run of the table above: compare within this section only. "
+         if separate else "")
+        + f"`POST /predict/batch` on {'a' if separate else 'the'} gunicorn server"
+        f"{'' if separate else ' of the table above'} ({backend}, `make run`'s layout). For "
+        f"each batch size, one client alternates {h['batch']['b1'].get('window_s', 1.5):g} s windows of batches with "
+        "windows of single `/predict` calls (one client too) until each had "
+        f"{results['seconds']} s, so both meet the same load on a shared machine; images/s counts images "
+        "classified (200 answers only). One batch is decoded file by file, then one forward pass. "
+        f"Load average (1/5/15 min) before the run: {load_average.get('before')}, after: {load_average.get('after')}.",
+        "",
+        "| files per request | batch images/s | single `/predict` images/s (same windows) | batch / single "
+        "| batch p50 per request | single p50 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in h["batch"].values():
+        single = run["single"]
+        lines.append(f"| {run['batch_size']} | {run['images_per_s']:.1f} | {single['images_per_s']:.1f} | "
+                     f"{run['over_single']:.2f}x | {run['p50_ms']:.0f} ms | {single['p50_ms']:.0f} ms |")
+    lines += ["", "Compare a batch client with c=1: both have one request in flight. Parallel clients (c=4) run "
+              "several passes at once, which on a loaded machine also wins CPU time from the other processes, so "
+              "they are no fair yardstick when the load average is high. "
+              f"For reference, single `/predict` calls {'in this run' if separate else 'in the runs above'}: "
+              f"{c1['throughput_rps']:.1f} req/s from "
+              "one client (c=1)" + (f", {c4['throughput_rps']:.1f} req/s from four parallel clients (c=4)" if c4 else "")
+              + ".", ""]
+    return lines
 
 
 def check_targets(results: dict) -> list[str]:
@@ -526,8 +673,53 @@ def check_targets(results: dict) -> list[str]:
         verdict(f"ready s ({backend})", h["ready_s"], TARGETS["ready_s"].get(backend, 20.0))
         verdict(f"worker peak RSS MB ({backend})", h["worker_peak_rss_mb"], TARGETS["worker_rss_mb"].get(backend, 1200))
         errors = sum(h[k]["errors"] for k in h if k.startswith("c") and isinstance(h[k], dict))
+        errors += sum(run["errors"] + run["single"]["errors"] for run in h.get("batch", {}).values())
         verdict(f"HTTP errors ({backend})", errors, 0)
     return out
+
+
+def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
+    """``--batch-only``: the batch comparison alone, merged into an existing report."""
+    from cxr.metadata import write_json_atomic
+
+    results["command"] += " --batch-only"
+    for key in ("floor", "compute_floor_ms", "forward"):
+        results.pop(key, None)
+    log(f"[6] gunicorn as `make run`, {backend}: c=1/4, then /predict/batch of "
+        f"{'/'.join(map(str, BATCH_SIZES))} against single calls, {results['seconds']:g} s each ...")
+    results["http"] = {backend: http_bench(str(model), backend, payloads, results["seconds"],
+                                           levels=(1, 4), batch_sizes=BATCH_SIZES)}
+    results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    merged = json.loads(json_path.read_text()) if json_path.exists() else {}
+    merged["batch_run"] = results
+    write_json_atomic(json_path, merged)
+    section = write_batch_section(out_dir / "RESULTS.md", results)
+    print(section)
+    print(f"updated {json_path} and {out_dir / 'RESULTS.md'}")
+    return 0
+
+
+def write_batch_section(report_path: Path, results: dict) -> str:
+    """Put the batch section of a ``--batch-only`` run into ``report_path`` (replacing an older
+    one, else before the targets) and return it."""
+    from cxr.metadata import atomic_path
+
+    section = "\n".join(batch_section(results, separate=True))
+    text = report_path.read_text() if report_path.exists() else "# Serving benchmark\n\n"
+    head, marker, rest = text.partition("## Batch prediction (issue 13)")
+    if marker:  # replace the old section, up to the next one
+        following = rest.find("\n## ")
+        text = head + section + ("\n" + rest[following + 1:] if following >= 0 else "")
+    elif "## Targets" in text:
+        head, marker, rest = text.partition("## Targets")
+        text = head + section + "\n" + marker + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    with atomic_path(report_path) as tmp:
+        tmp.write_text(text)
+    return section
 
 
 # ----------------------------------------------------------------------------- main
@@ -547,6 +739,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "--quick: a temporary folder)")
     p.add_argument("--no-alt-layout", action="store_true",
                    help=f"skip the comparison with the alternative gunicorn layout {ALT_LAYOUT}")
+    p.add_argument("--batch-only", action="store_true",
+                   help="only the /predict/batch comparison (issue 13), on the first backend: rewrites the batch "
+                        "section of RESULTS.md and results.json's 'batch_run', leaving the other figures as they are")
     p.add_argument("--quick", action="store_true", help="seconds, for CI: ONNX only, 1 s per level, 2 images")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -596,14 +791,21 @@ def main(argv=None) -> int:
         "compute_floor_ms": round(floor_ms(size, cores, args.gflops_per_core), 2),
         "forward": {}, "http": {},
     }
+    out_dir = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick
+                                                       else ROOT / "bench")
+    if args.batch_only:
+        return batch_only(results, model, backends[0], payloads, load_before, out_dir)
     for backend in backends:
         log(f"[1-2] bare forward + preprocess, {backend} ...")
         results["forward"][backend] = run_child(["--child", "forward", str(model), backend, str(args.repeats), *images])
     log("[4] naive baseline (Keras model.predict x3 per image) ...")
     results["baseline"] = run_child(["--child", "baseline", str(model), "3", *images[: max(1, len(images) // 2)]])
     for backend in backends:
-        log(f"[3,5] gunicorn as `make run`, {backend}: ready time, c=1/4/16 for {args.seconds:g} s each ...")
-        results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds)
+        batch_sizes = BATCH_SIZES if backend == backends[0] else ()
+        log(f"[3,5,6] gunicorn as `make run`, {backend}: ready time, c=1/4/16"
+            + (f", /predict/batch of {'/'.join(map(str, batch_sizes))}" if batch_sizes else "")
+            + f" for {args.seconds:g} s each ...")
+        results["http"][backend] = http_bench(str(model), backend, payloads, args.seconds, batch_sizes=batch_sizes)
     if not args.quick and "onnx" in backends and not args.no_alt_layout:
         log(f"[3] alternative layout {ALT_LAYOUT}, onnx: c=1 and c=16 ...")
         results["http_alt_layout"] = http_bench(str(model), "onnx", payloads, args.seconds, levels=(1, 16),
@@ -612,8 +814,6 @@ def main(argv=None) -> int:
     results["ratios"] = ratios(results)
     results["targets"] = check_targets(results)
 
-    out_dir = Path(args.out_dir) if args.out_dir else (Path(tempfile.mkdtemp(prefix="bench-quick-")) if args.quick
-                                                       else ROOT / "bench")
     out_dir.mkdir(parents=True, exist_ok=True)
     from cxr.metadata import atomic_path, write_json_atomic
 

@@ -37,11 +37,13 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError, UndecodableImage
 from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_metadata, sha256_file
 from .preprocessing import load_image_bytes
 
@@ -154,6 +156,49 @@ class Predictor:
             probs = self.forward(batch)[0]
             elapsed = (time.perf_counter() - started) * 1000
         return self.prediction_from(probs, elapsed)
+
+    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Several preprocessed images through ONE gated forward pass, in order.
+
+        Each prediction's ``inference_ms`` is its share of that pass (the pass's time / N).
+        """
+        if len(images) == 0:
+            return []
+        batch = np.stack(images).astype(np.float32, copy=False)
+        with self._gate:
+            started = time.perf_counter()
+            probs = self.forward(batch)
+            elapsed = (time.perf_counter() - started) * 1000
+        return [self.prediction_from(p, elapsed / len(images)) for p in probs]
+
+    def predict_batch(self, payloads: Iterable[bytes]) -> list[Prediction | InputError]:
+        """Upload bytes -> per item, in order, its :class:`Prediction` or the :class:`InputError`
+        that item raised (the web app's ``/predict/batch`` and ``model_training.predict``).
+
+        Every item is decoded and preprocessed exactly as :meth:`predict_bytes` does, one at a
+        time (only the small model inputs are kept); one bad item never stops the others: an
+        unexpected decoder failure becomes that item's ``UndecodableImage``. The items that
+        decode go through the model together, in one forward pass.
+        """
+        results: list[Prediction | InputError | None] = []
+        arrays, slots = [], []
+        for data in payloads:
+            try:
+                array = self.preprocess(data)
+            except InputError as exc:
+                results.append(exc)
+                continue
+            except Exception as exc:  # noqa: BLE001 - a broken file must not sink the batch
+                error = UndecodableImage(f"The file could not be decoded ({exc.__class__.__name__}).")
+                error.__cause__ = exc
+                results.append(error)
+                continue
+            slots.append(len(results))
+            results.append(None)
+            arrays.append(array)
+        for slot, prediction in zip(slots, self.predict_arrays(arrays)):
+            results[slot] = prediction
+        return results
 
     def gated(self):
         """The per-process inference gate, for other callers of ``forward_features`` (Grad-CAM)."""

@@ -28,7 +28,15 @@ def test_bench_quick_runs(tiny_onnx_model, tmp_path, data_dir):
     assert http["backend"] == "onnx" and http["ready_s"] > 0 and http["worker_peak_rss_mb"] > 0
     for level in ("c1", "c4", "c16"):
         assert http[level]["requests"] > 0 and http[level]["errors"] == 0, http[level]
+    for size in (1, 4, 8, 16):  # /predict/batch (issue 13)
+        run = http["batch"][f"b{size}"]
+        assert run["batch_size"] == size and run["requests"] > 0 and run["errors"] == 0, run
+        assert run["images"] == run["requests"] * size and run["images_per_s"] > 0
+        single = run["single"]  # single /predict calls in the interleaved windows
+        assert single["requests"] > 0 and single["errors"] == 0 and run["over_single"] > 0, single
     assert results["baseline"]["per_image"]["median_ms"] > 0
     assert {"http_p50_over_forward", "baseline_over_ours", "forward_over_floor_onnx"} <= set(results["ratios"])
     report = (tmp_path / "RESULTS.md").read_text()
     assert "Load average" in report and results["machine"]["cpu"] in report
+    assert "## Batch prediction (issue 13)" in report and "\n| 16 | " in report
+    assert "batch_b16_over_single_c1" in results["ratios"]
