@@ -3,8 +3,8 @@
 Train/serve skew is the classic bug of image classifiers, so every path that turns
 bytes into a model input goes through :func:`load_image_bytes`. It uses only Pillow
 and NumPy on purpose: the web app can then serve a non-TensorFlow runtime without
-importing TensorFlow, and the tf.data pipeline calls the very same function through
-``tf.numpy_function``.
+importing TensorFlow, and the training batches (``model_training.data.ImageBatches``, a
+Keras ``PyDataset``) call the very same function.
 
 Steps: decode the bytes to 8-bit gray (``cxr.decode``: format from the bytes, EXIF
 orientation, 16-bit scaled by 1/257, DICOM's display pipeline), resize to a square with
