@@ -12,8 +12,12 @@ from __future__ import annotations
 import base64
 import time
 
-from cxr.decode import decode_image
+import numpy as np
+
+from app.answers import image_answer
+from cxr.decode import decode_image_colour
 from cxr.gradcam import DEFAULT_OPACITY, MAX_SIDE, explain_gray
+from cxr.preprocessing import prepare_gray
 
 TRUE_VALUES = ("1", "true", "yes", "on")
 FALSE_VALUES = ("", "0", "false", "no", "off")
@@ -33,18 +37,21 @@ def parse_flag(raw: str | None) -> bool | None:
 
 def explain_upload(predictor, data: bytes, class_name: str | None = None, *,
                    opacity: float = DEFAULT_OPACITY, max_side: int = MAX_SIDE) -> dict:
-    """Upload bytes -> the /predict JSON fields plus ``explained_class`` and ``heatmap_png``."""
-    gray = decode_image(data)
-    with predictor.gated():  # the same per-process inference gate as plain predictions
+    """Upload bytes -> the /predict JSON fields plus ``explained_class`` and ``heatmap_png``.
+
+    The input gate reads the same forward pass's feature map: an image it refuses raises
+    ``NotAChestXray`` (422) before any heatmap is drawn.
+    """
+    gray, colour = decode_image_colour(data)
+    with predictor.inference_slot():  # the same concurrency limit as plain predictions
         started = time.perf_counter()
         explanation = explain_gray(predictor, gray, class_name)
         inference_ms = (time.perf_counter() - started) * 1000
+    verdict = predictor.check_input(explanation.feature_map[np.newaxis],
+                                    prepare_gray(gray, predictor.input_size, colour))
+    probs = np.array([explanation.probabilities[name] for name in predictor.class_names])
+    answer = image_answer(predictor.prediction_from(probs, inference_ms, verdict))
     png = explanation.overlay_png(gray, opacity=opacity, max_side=max_side)
-    return {
-        "label": explanation.label,
-        "probabilities": explanation.probabilities,
-        "threshold": predictor.threshold,
-        "inference_ms": round(inference_ms, 2),
-        "explained_class": explanation.explained_class,
-        "heatmap_png": base64.b64encode(png).decode("ascii"),
-    }
+    answer["explained_class"] = explanation.explained_class
+    answer["heatmap_png"] = base64.b64encode(png).decode("ascii")
+    return answer

@@ -39,6 +39,10 @@ INPUT_TEXT = {
     "undecodable_image": "truncated or corrupt PNG, JPEG or DICOM, or a DICOM without pixel data",
     "image_too_small": "an image under 32 px",
     "not_an_image": "bytes with no image signature: text, random data",
+    "not_a_chest_xray": "the input gate's verdict: a photograph, document, screenshot, chart, an X-ray of "
+                        "another body part, CT/MRI, other medical image, noise or a blank image (or a DICOM "
+                        "header naming another modality or body part); the message gives the score and threshold",
+    "lateral_view": "a DICOM header naming a lateral view: the model reads frontal (PA/AP) chest X-rays only",
 }
 HTTP_TEXT = {
     "payload_too_large": "request body over `MAX_UPLOAD_MB`",
@@ -113,13 +117,15 @@ def _schemas(max_files: int) -> dict:
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "of the served `.h5`"},
                 "input_size": {"type": "integer", "description": "the model's square input side in pixels"},
                 "backend": {"type": "string", "enum": ["onnx", "tensorflow"]},
+                "input_gate": {"type": "boolean",
+                               "description": "whether an input gate fitted for this exact model is in use"},
             },
         },
         "ImageAnswer": {
             "type": "object",
             "description": "The classification of one image. `label` is `Covid` exactly when "
                            "`probabilities.Covid >= threshold`.",
-            "required": ["label", "probabilities", "threshold", "inference_ms"],
+            "required": ["label", "probabilities", "threshold", "inference_ms", "in_distribution", "warnings"],
             "properties": {
                 "label": {"type": "string", "enum": classes},
                 "probabilities": _ref("Probabilities"),
@@ -127,6 +133,30 @@ def _schemas(max_files: int) -> dict:
                               "description": "decision threshold on the Covid probability (model metadata)"},
                 "inference_ms": {"type": "number", "minimum": 0,
                                  "description": "forward-pass time; in a batch, this image's share of the one pass"},
+                "in_distribution": {"type": ["boolean", "null"],
+                                    "description": "false when the X-ray's features are far from the training "
+                                                   "data (the result is less reliable; see `warnings`); null "
+                                                   "when the model has no input gate"},
+                "warnings": {"type": "array", "items": _ref("Warning"),
+                             "description": "empty, or e.g. `out_of_distribution` with the score and threshold"},
+                "input_check": {
+                    "type": "object",
+                    "description": "the input gate's scores (absent without a gate): the image passed as a "
+                                   "chest X-ray because `chest_score >= chest_threshold`; `in_distribution` is "
+                                   "`shift_score <= shift_threshold`",
+                    "properties": {k: {"type": "number"} for k in
+                                   ("chest_score", "chest_threshold", "shift_score", "shift_threshold")},
+                },
+            },
+        },
+        "Warning": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string", "enum": ["out_of_distribution"]},
+                "message": {"type": "string"},
+                "score": {"type": "number", "description": "distance of the image to the training data"},
+                "threshold": {"type": "number", "description": "the distance above which this warning is given"},
             },
         },
         "PredictAnswer": {

@@ -17,6 +17,9 @@ In one run, on one machine, with a real model and real X-rays it measures:
 5. start-up time until ``/readyz`` answers 200, and the peak RSS of every gunicorn worker;
 6. ``/predict/batch`` (issue 13) on the same server: images/s with 1, 4, 8 and 16 files per
    request from one client, against single ``/predict`` calls (one client, and four);
+7. the input gate's cost (issue 12): two servers side by side, the model with its gate and
+   the same files without the gate's artefacts, one client alternating single requests
+   between them; the p50 of each and the ratio (``--gate-only`` runs just this);
 
 then prints a table and the ratios HTTP p50 / bare forward, baseline / ours and forward /
 compute floor (ResNet50 ~8.2 GFLOP at 224 px, scaled by (size/224)^2, over the cores' peak).
@@ -57,6 +60,7 @@ TARGETS = {
     "forward_over_floor": 1.6,
     "baseline_over_ours": 5.0,
     "c16_throughput_over_forward_rate": 0.85,
+    "gate_p50_cost": 0.10,
     "ready_s": {"onnx": 5.0, "tensorflow": 20.0},
     "worker_rss_mb": {"onnx": 500.0, "tensorflow": 1200.0},
 }
@@ -486,6 +490,49 @@ def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, 
         }
 
 
+def gate_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, ready_timeout: float = 180) -> dict:
+    """[7] /predict p50 with and without the input gate, paired: two servers (the second serves
+    the same files minus ``<model>.gate.*``), one client alternating requests between them."""
+    import http.client
+
+    from cxr.gate import gate_paths
+
+    if not all(p.is_file() for p in gate_paths(model)):
+        return {"skipped": f"no gate next to {model} (python -m model_training.gate --model {model})"}
+    with tempfile.TemporaryDirectory(prefix="bench-nogate-") as tmp:
+        bare = Path(tmp) / model.name
+        stem = str(model)[: -len(model.suffix)]
+        for suffix in (model.suffix, ".json", ".onnx", ".onnx.json"):
+            if Path(stem + suffix).is_file():
+                Path(str(bare)[: -len(model.suffix)] + suffix).symlink_to(stem + suffix)
+        with Server(str(model), backend) as gated, Server(str(bare), backend) as ungated:
+            gated.start(ready_timeout), ungated.start(ready_timeout)
+            requests = __import__("requests")
+            flags = [requests.get(s.url + "/readyz", timeout=5).json()["model"].get("input_gate") for s in (gated, ungated)]
+            if flags != [True, False]:
+                raise RuntimeError(f"gate bench: expected input_gate true/false, the servers say {flags}")
+            bodies = [multipart(p) for p in payloads]
+            connections = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=120) for s in (gated, ungated)]
+            latencies: list[list[float]] = [[], []]
+            errors = 0
+            deadline, i = time.perf_counter() + 2 * seconds + 2.0, 0
+            while time.perf_counter() < deadline:
+                body, content_type = bodies[i % len(bodies)]
+                for k in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate who goes first
+                    t0 = time.perf_counter()
+                    connections[k].request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+                    response = connections[k].getresponse()
+                    response.read()
+                    if response.status != 200:
+                        errors += 1
+                    if i >= 4:  # the first rounds warm both servers
+                        latencies[k].append((time.perf_counter() - t0) * 1000)
+                i += 1
+    with_gate, without = summary_ms(latencies[0]), summary_ms(latencies[1])
+    return {"backend": backend, "with_gate": with_gate, "without_gate": without, "errors": errors,
+            "p50_cost": round(with_gate["median_ms"] / without["median_ms"] - 1, 4)}
+
+
 # ----------------------------------------------------------------------------- model
 def resolve_model(requested: str | None, data_dir: Path, size: int) -> tuple[Path, str]:
     if requested:
@@ -605,6 +652,7 @@ def markdown(results: dict) -> str:
         "",
     ]
     lines += batch_section(results)
+    lines += gate_section(results)
     lines += [
         "## Targets (issue 5)",
         "",
@@ -655,6 +703,32 @@ def batch_section(results: dict, separate: bool = False) -> list[str]:
     return lines
 
 
+def gate_section(results: dict) -> list[str]:
+    g = results.get("gate")
+    if not g:
+        return []
+    if "skipped" in g:
+        return ["## Input gate (issue 12)", "", f"Not measured: {g['skipped']}.", ""]
+    w, wo = g["with_gate"], g["without_gate"]
+    return [
+        "## Input gate (issue 12)",
+        "",
+        f"`POST /predict` p50 with the input gate against the same model without it ({g['backend']}): two "
+        "servers started as `make run` starts them, the second serving the same files minus `<model>.gate.*`; "
+        "one client alternates single requests between them (who goes first alternates too), so both meet "
+        "the same load.",
+        "",
+        "| server | requests | p50 | p95 |",
+        "|---|---|---|---|",
+        f"| with the gate | {w['n']} | {w['median_ms']:.1f} ms | {w['p95_ms']:.1f} ms |",
+        f"| without | {wo['n']} | {wo['median_ms']:.1f} ms | {wo['p95_ms']:.1f} ms |",
+        "",
+        f"p50 cost of the gate: {g['p50_cost'] * 100:+.1f}% (target: at most "
+        f"{TARGETS['gate_p50_cost'] * 100:.0f}%).",
+        "",
+    ]
+
+
 def check_targets(results: dict) -> list[str]:
     r, out = results["ratios"], []
 
@@ -669,6 +743,10 @@ def check_targets(results: dict) -> list[str]:
     verdict("baseline / ours", r.get("baseline_over_ours"), TARGETS["baseline_over_ours"], True)
     verdict("c=16 throughput x bare forward", r.get("c16_throughput_over_forward_rate"),
             TARGETS["c16_throughput_over_forward_rate"], True)
+    gate = results.get("gate") or {}
+    if "p50_cost" in gate:
+        verdict("input gate /predict p50 cost", gate["p50_cost"], TARGETS["gate_p50_cost"])
+        verdict("HTTP errors (gate bench)", gate["errors"], 0)
     for backend, h in results["http"].items():
         verdict(f"ready s ({backend})", h["ready_s"], TARGETS["ready_s"].get(backend, 20.0))
         verdict(f"worker peak RSS MB ({backend})", h["worker_peak_rss_mb"], TARGETS["worker_rss_mb"].get(backend, 1200))
@@ -698,6 +776,39 @@ def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], 
     section = write_batch_section(out_dir / "RESULTS.md", results)
     print(section)
     print(f"updated {json_path} and {out_dir / 'RESULTS.md'}")
+    return 0
+
+
+def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
+    """``--gate-only``: the gate comparison alone, merged into an existing report."""
+    from cxr.metadata import atomic_path, write_json_atomic
+
+    log(f"[7] input gate: /predict with and without it, {backend}, alternating for {2 * results['seconds']:g} s ...")
+    results["command"] += " --gate-only"
+    results["gate"] = gate_cost(model, backend, payloads, results["seconds"])
+    results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "results.json"
+    merged = json.loads(json_path.read_text()) if json_path.exists() else {}
+    merged["gate_run"] = results
+    write_json_atomic(json_path, merged)
+    section = gate_section(results)
+    section.insert(2, f"From its own run, `{results['command']}` on {results['created']}, load average before "
+                      f"{load_before}, after {results['load_average']['after']}: compare within this section only.")
+    section.insert(3, "")
+    report = out_dir / "RESULTS.md"
+    text = report.read_text() if report.exists() else "# Serving benchmark\n\n"
+    start = text.find("## Input gate (issue 12)")
+    if start >= 0:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
+    marker = text.find("## Targets (issue 5)")
+    body = "\n".join(section) + "\n"
+    text = text[:marker] + body + text[marker:] if marker >= 0 else text + body
+    with atomic_path(report) as tmp:
+        tmp.write_text(text)
+    print(body)
+    print(f"updated {json_path} and {report}")
     return 0
 
 
@@ -742,6 +853,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-only", action="store_true",
                    help="only the /predict/batch comparison (issue 13), on the first backend: rewrites the batch "
                         "section of RESULTS.md and results.json's 'batch_run', leaving the other figures as they are")
+    p.add_argument("--gate-only", action="store_true",
+                   help="only the input gate's cost (issue 12), on the first backend: updates results.json's "
+                        "'gate_run' and the gate section of RESULTS.md")
     p.add_argument("--quick", action="store_true", help="seconds, for CI: ONNX only, 1 s per level, 2 images")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -795,6 +909,8 @@ def main(argv=None) -> int:
                                                        else ROOT / "bench")
     if args.batch_only:
         return batch_only(results, model, backends[0], payloads, load_before, out_dir)
+    if args.gate_only:
+        return gate_only(results, model, backends[0], payloads, load_before, out_dir)
     for backend in backends:
         log(f"[1-2] bare forward + preprocess, {backend} ...")
         results["forward"][backend] = run_child(["--child", "forward", str(model), backend, str(args.repeats), *images])
@@ -810,6 +926,8 @@ def main(argv=None) -> int:
         log(f"[3] alternative layout {ALT_LAYOUT}, onnx: c=1 and c=16 ...")
         results["http_alt_layout"] = http_bench(str(model), "onnx", payloads, args.seconds, levels=(1, 16),
                                                 extra_env=ALT_LAYOUT)
+    log(f"[7] input gate: /predict with and without it, {backends[0]}, alternating for {2 * args.seconds:g} s ...")
+    results["gate"] = gate_cost(model, backends[0], payloads, args.seconds)
     results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     results["ratios"] = ratios(results)
     results["targets"] = check_targets(results)

@@ -43,6 +43,12 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Decode image bytes to a 2-D uint8 grayscale array, or raise an :class:`InputError`."""
+    return decode_image_colour(data)[0]
+
+
+def decode_image_colour(data: bytes) -> tuple[np.ndarray, float]:
+    """:func:`decode_image` plus the colourfulness (0..1) the gray image has lost; DICOM is
+    read as gray (its header says what it shows, ``cxr.dicom_header``) and counts as 0."""
     if not data:
         raise EmptyInput("The upload is empty.")
     fmt = sniff_format(data)
@@ -50,7 +56,7 @@ def decode_image(data: bytes) -> np.ndarray:
         raise _unknown(data)
     if fmt == "DICOM":
         try:
-            return decode_dicom(data)  # pydicom is imported only when a DICOM arrives
+            return decode_dicom(data), 0.0  # pydicom is imported only when a DICOM arrives
         except NotAnImage:  # bare bytes that did not parse as a DICOM dataset after all
             raise _unknown(data) from None
     if fmt == "JPEG":

@@ -138,6 +138,7 @@ class Explanation:
     probabilities: dict[str, float]
     explained_class: str
     heatmap: np.ndarray
+    feature_map: np.ndarray | None = None  # (h, w, C): what the input gate reads too
 
     def overlay_png(self, gray: np.ndarray, opacity: float = DEFAULT_OPACITY,
                     max_side: int = MAX_SIDE, colormap: str = "inferno") -> bytes:
@@ -163,7 +164,7 @@ def explain_gray(source, gray: np.ndarray, class_name: str | None = None) -> Exp
     features = np.asarray(features)[0]
     head = head_type_for(kernel, features.shape, getattr(source, "head_type", None))
     heatmap = gradcam(features, kernel, names.index(target), head)
-    return Explanation(label, probabilities, target, heatmap)
+    return Explanation(label, probabilities, target, heatmap, features)
 
 
 def explain_bytes(source, data: bytes, class_name: str | None = None, *,

@@ -131,7 +131,8 @@ def _skip_entropy_coded(data: bytes, pos: int, corrupt) -> int:
             return pos
 
 
-def _decode_pillow(data: bytes, fmt: str) -> np.ndarray:
+def _decode_pillow(data: bytes, fmt: str) -> tuple[np.ndarray, float]:
+    """PNG/JPEG bytes -> (2-D uint8 gray, colourfulness), or raise an ``InputError``."""
     with warnings.catch_warnings():
         # Pillow only warns between ~89 MP and ~179 MP; we want a hard refusal.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -140,7 +141,7 @@ def _decode_pillow(data: bytes, fmt: str) -> np.ndarray:
             check_dimensions(*image.size)
             image.load()
             image = ImageOps.exif_transpose(image)
-            return to_gray8(image)
+            return to_gray8(image), colourfulness(image)
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -167,6 +168,18 @@ def check_dimensions(width: int, height: int, what: str = "image") -> None:
             f"The {what} is {width}x{height} pixels; a chest X-ray needs at least "
             f"{MIN_SIDE} pixels on each side."
         )
+
+
+def colourfulness(image: Image.Image) -> float:
+    """How far from gray an image is, 0..1: the mean of (max - min channel) / 255 over a
+    64x64 thumbnail. Gray modes are 0 without looking; the gate (``cxr.gate``) uses it because
+    the gray model input no longer shows colour."""
+    if image.mode in ("L", "LA", "1", "I", "F") or image.mode.startswith("I;16"):
+        return 0.0
+    small = image.convert("RGB") if image.mode != "RGB" else image
+    small = small.resize((64, 64), Image.Resampling.BOX)
+    rgb = np.asarray(small, dtype=np.int16)
+    return float((rgb.max(axis=2) - rgb.min(axis=2)).mean()) / 255.0
 
 
 def to_gray8(image: Image.Image) -> np.ndarray:

@@ -38,14 +38,15 @@ import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, UndecodableImage
+from .errors import InputError, NotAChestXray, UndecodableImage
+from .gate import Gate, Verdict, load_gate
 from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_metadata, sha256_file
-from .preprocessing import load_image_bytes
+from .preprocessing import PreparedImage, load_image_bytes, prepare_image_bytes
 
 BACKENDS = ("auto", "onnx", "tensorflow")
 
@@ -56,14 +57,29 @@ class Prediction:
     probabilities: dict[str, float]
     threshold: float
     inference_ms: float
+    verdict: Verdict | None = None  # the input gate's reading; None when the model has no gate
+    warnings: list[dict] = field(default_factory=list)
+
+    @property
+    def in_distribution(self) -> bool | None:
+        return None if self.verdict is None else self.verdict.in_distribution
 
     def as_dict(self) -> dict:
-        return {
+        answer = {
             "label": self.label,
             "probabilities": self.probabilities,
             "threshold": self.threshold,
             "inference_ms": round(self.inference_ms, 2),
+            "in_distribution": self.in_distribution,
+            "warnings": self.warnings,
         }
+        if self.verdict is not None:
+            v = self.verdict
+            answer["input_check"] = {"chest_score": round(v.chest_score, 4),
+                                     "chest_threshold": round(v.chest_threshold, 4),
+                                     "shift_score": round(v.shift_score, 3),
+                                     "shift_threshold": round(v.shift_threshold, 3)}
+        return answer
 
 
 @dataclass(frozen=True)
@@ -121,7 +137,10 @@ class Predictor:
         if self.class_names != CLASS_NAMES:
             raise ValueError(f"{model_path}: class order {self.class_names} differs from {CLASS_NAMES}")
         self._head_weights: tuple[np.ndarray, np.ndarray] | None = None
-        self._gate = threading.BoundedSemaphore(self.threads.concurrency) if self.threads.concurrency else _NoGate()
+        # At most INFERENCE_CONCURRENCY forward passes at once (not to be confused with the input gate).
+        self._slots = threading.BoundedSemaphore(self.threads.concurrency) if self.threads.concurrency else _NoLimit()
+        self.gate: Gate | None = None  # the input gate (cxr.gate), set by load_predictor
+        self.gate_reason = "not loaded"
 
     def forward(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, 2) for a preprocessed float32 batch (N, S, S, 3)."""
@@ -143,33 +162,56 @@ class Predictor:
 
     def model_info(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "input_size": self.input_size,
-                "backend": self.backend}
+                "backend": self.backend, "input_gate": self.gate is not None}
 
     def preprocess(self, data: bytes) -> np.ndarray:
         return load_image_bytes(data, self.input_size)
 
-    def predict_array(self, image: np.ndarray) -> Prediction:
-        """The request path's inference: one gated forward pass (time spent waiting excluded)."""
-        batch = image[np.newaxis].astype(np.float32, copy=False)
-        with self._gate:
-            started = time.perf_counter()
-            probs = self.forward(batch)[0]
-            elapsed = (time.perf_counter() - started) * 1000
-        return self.prediction_from(probs, elapsed)
+    def prepare(self, data: bytes) -> PreparedImage:
+        """The model input plus the cues the input gate needs (same array as :meth:`preprocess`)."""
+        return prepare_image_bytes(data, self.input_size)
 
-    def predict_arrays(self, images: Sequence[np.ndarray]) -> list[Prediction]:
-        """Several preprocessed images through ONE gated forward pass, in order.
+    def predict_array(self, image: np.ndarray | PreparedImage) -> Prediction:
+        """The request path's inference: one forward pass and the input gate; raises
+        :class:`NotAChestXray` when the gate refuses the image (time spent waiting excluded)."""
+        outcome = self.predict_images([image])[0]
+        if isinstance(outcome, InputError):
+            raise outcome
+        return outcome
 
-        Each prediction's ``inference_ms`` is its share of that pass (the pass's time / N).
+    def predict_images(self, images: Sequence[np.ndarray | PreparedImage]) -> list[Prediction | NotAChestXray]:
+        """Several prepared images through ONE forward pass, in order; per image its
+        :class:`Prediction` or the gate's :class:`NotAChestXray`.
+
+        With an input gate the pass also returns the last feature map, which the gate reads
+        (``cxr.gate``): no second network. Each prediction's ``inference_ms`` is its share of
+        the pass plus the gate (the total time / N). A bare array counts as gray and square.
         """
         if len(images) == 0:
             return []
-        batch = np.stack(images).astype(np.float32, copy=False)
-        with self._gate:
+        images = [i if isinstance(i, PreparedImage) else PreparedImage(i) for i in images]
+        batch = np.stack([i.array for i in images]).astype(np.float32, copy=False)
+        with self._slots:
             started = time.perf_counter()
-            probs = self.forward(batch)
-            elapsed = (time.perf_counter() - started) * 1000
-        return [self.prediction_from(p, elapsed / len(images)) for p in probs]
+            if self.gate is None:
+                probs, verdicts = self.forward(batch), [None] * len(images)
+            else:
+                probs, feature_map = self.forward_features(batch)
+        if self.gate is not None:
+            verdicts = self.gate.assess(feature_map, images)
+        elapsed = (time.perf_counter() - started) * 1000 / len(images)
+        return [v.refusal() if v is not None and not v.is_chest_xray else self.prediction_from(p, elapsed, v)
+                for p, v in zip(probs, verdicts)]
+
+    def check_input(self, feature_map: np.ndarray, image: PreparedImage) -> Verdict | None:
+        """The gate's verdict on one image whose feature map the caller already has (Grad-CAM);
+        raises :class:`NotAChestXray` when it refuses. None without a gate."""
+        if self.gate is None:
+            return None
+        verdict = self.gate.assess(np.asarray(feature_map)[:1], [image])[0]
+        if not verdict.is_chest_xray:
+            raise verdict.refusal()
+        return verdict
 
     def predict_batch(self, payloads: Iterable[bytes]) -> list[Prediction | InputError]:
         """Upload bytes -> per item, in order, its :class:`Prediction` or the :class:`InputError`
@@ -184,7 +226,7 @@ class Predictor:
         arrays, slots = [], []
         for data in payloads:
             try:
-                array = self.preprocess(data)
+                array = self.prepare(data)
             except InputError as exc:
                 results.append(exc)
                 continue
@@ -196,21 +238,23 @@ class Predictor:
             slots.append(len(results))
             results.append(None)
             arrays.append(array)
-        for slot, prediction in zip(slots, self.predict_arrays(arrays)):
-            results[slot] = prediction
+        for slot, outcome in zip(slots, self.predict_images(arrays)):
+            results[slot] = outcome
         return results
 
-    def gated(self):
-        """The per-process inference gate, for other callers of ``forward_features`` (Grad-CAM)."""
-        return self._gate
+    def inference_slot(self):
+        """The per-process limit on concurrent passes, for other callers of ``forward_features``
+        (Grad-CAM)."""
+        return self._slots
 
-    def prediction_from(self, probs: np.ndarray, inference_ms: float) -> Prediction:
+    def prediction_from(self, probs: np.ndarray, inference_ms: float, verdict: Verdict | None = None) -> Prediction:
         probabilities = {name: float(p) for name, p in zip(self.class_names, probs)}
         label = decide(probabilities, self.threshold, self.class_names)
-        return Prediction(label, probabilities, self.threshold, inference_ms)
+        warnings = verdict.warnings() if verdict is not None else []
+        return Prediction(label, probabilities, self.threshold, inference_ms, verdict, warnings)
 
     def predict_bytes(self, data: bytes) -> Prediction:
-        return self.predict_array(self.preprocess(data))
+        return self.predict_array(self.prepare(data))
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for tracing."""
@@ -219,7 +263,7 @@ class Predictor:
         self.forward_features(blank)
 
 
-class _NoGate:
+class _NoLimit:
     """Stands in for the semaphore when concurrent passes are not limited."""
 
     def __enter__(self):
@@ -324,11 +368,13 @@ def resolve_backend(model_path: str | Path, sha256: str, requested: str | None =
     return "tensorflow", reason
 
 
-def load_predictor(model_path: str | Path, backend: str | None = None) -> Predictor:
+def load_predictor(model_path: str | Path, backend: str | None = None, gate: bool = True) -> Predictor:
     """Load the model at ``model_path`` with its sidecar metadata and warm it up.
 
     ``backend`` overrides ``INFERENCE_BACKEND``; the choice and its reason end up in
-    ``predictor.backend`` and ``predictor.backend_reason``.
+    ``predictor.backend`` and ``predictor.backend_reason``. The input gate fitted for this
+    exact model (``<model>.gate.npz``, :func:`cxr.gate.load_gate`) is loaded when there is one
+    (``gate=False``: never, e.g. while fitting a new gate); ``predictor.gate_reason`` says why not.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -339,5 +385,9 @@ def load_predictor(model_path: str | Path, backend: str | None = None) -> Predic
     cls = OnnxPredictor if chosen == "onnx" else TensorFlowPredictor
     predictor = cls(model_path, metadata, sha)
     predictor.backend_reason = reason
+    if gate:
+        predictor.gate, predictor.gate_reason = load_gate(model_path, sha)
+    else:
+        predictor.gate_reason = "disabled"
     predictor.warm_up()
     return predictor

@@ -14,12 +14,13 @@ bilinear filtering, repeat the gray channel three times and apply ResNet50's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from .decode import decode_image
+from .decode import decode_image, decode_image_colour
 
 PREPROCESSING_MODE = "caffe"
 # keras.applications.imagenet_utils "caffe" means, in BGR order.
@@ -38,6 +39,27 @@ def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
 def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
     """Bytes in, model input out: the single entry point for training and serving."""
     return preprocess_gray(decode_image(data), image_size)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A model input plus the two cues the input gate (``cxr.gate``) needs and the square gray
+    array has lost: colourfulness (0..1) and the decoded image's width / height."""
+
+    array: np.ndarray
+    colourfulness: float = 0.0
+    aspect: float = 1.0
+
+
+def prepare_gray(gray: np.ndarray, image_size: int, colourfulness: float = 0.0) -> PreparedImage:
+    height, width = gray.shape[:2]
+    return PreparedImage(preprocess_gray(gray, image_size), colourfulness, width / height)
+
+
+def prepare_image_bytes(data: bytes, image_size: int) -> PreparedImage:
+    """:func:`load_image_bytes` (the same array) plus the gate's cues: what serving calls."""
+    gray, colour = decode_image_colour(data)
+    return prepare_gray(gray, image_size, colour)
 
 
 def load_image_file(path: str | Path, image_size: int) -> np.ndarray:

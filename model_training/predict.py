@@ -10,8 +10,11 @@ one preprocessing, and the batched forward pass ``/predict/batch`` uses
 Folders are searched recursively in sorted order (hidden files and folders are skipped); every
 file is tried whatever its name, since the format comes from the bytes (PNG, JPEG, DICOM). A
 file that is not an image, or cannot be read, gets a row whose ``error`` is ``code: message``
-(the codes of the API) and the run goes on. Columns: ``file,label,probability_covid,
-probability_normal,threshold,error``. Without ``--out`` the CSV goes to standard output.
+(the codes of the API) and the run goes on; so does an image the input gate (``cxr.gate``)
+refuses as not a chest X-ray (``not_a_chest_xray: ...``). Columns: ``file,label,
+probability_covid,probability_normal,threshold,in_distribution,error``; ``in_distribution``
+is ``false`` when the gate finds the X-ray unlike the training data (less reliable), empty
+for a model without a gate. Without ``--out`` the CSV goes to standard output.
 
 Exit status: 0 when it ran (even with error rows), 2 for bad arguments (a path or model that
 does not exist, a model that cannot be loaded). Research demo, not a diagnosis.
@@ -26,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "error")
+COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "in_distribution", "error")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -138,7 +141,9 @@ def score(predictor, files: list[Path], writer, batch_size: int, progress: Progr
                 else:
                     covid, normal = (outcome.probabilities[name] for name in predictor.class_names)
                     row = {"label": outcome.label, "probability_covid": f"{covid:.6f}",
-                           "probability_normal": f"{normal:.6f}", "threshold": f"{outcome.threshold:g}"}
+                           "probability_normal": f"{normal:.6f}", "threshold": f"{outcome.threshold:g}",
+                           "in_distribution": "" if outcome.in_distribution is None
+                           else str(outcome.in_distribution).lower()}
                     counts[outcome.label] += 1
             if "error" in row:
                 counts["errors"] += 1

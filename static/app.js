@@ -61,8 +61,20 @@
     setText("model-name", data.model.name);
     setText("model-sha", data.model.sha256.slice(0, 12));
     setText("inference-ms", data.inference_ms.toFixed(1));
+    showShiftWarning(data.warnings || []);
     resultEl.hidden = false;
     heatmapControls.hidden = false;
+  }
+
+  // The input gate's domain-shift signal: the X-ray is unlike the training data.
+  function showShiftWarning(warnings) {
+    var shift = warnings.filter(function (w) { return w.code === "out_of_distribution"; })[0];
+    var el = document.getElementById("shift-warning");
+    el.hidden = !shift;
+    if (!shift) { return; }
+    setText("shift-message", shift.message);
+    setText("shift-score", shift.score.toFixed(2));
+    setText("shift-threshold", shift.threshold.toFixed(2));
   }
 
   input.addEventListener("change", function () {

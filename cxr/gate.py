@@ -1,0 +1,186 @@
+"""The input gate: is this a frontal chest X-ray at all, and is it like the training data?
+
+A classifier that knows two classes puts everything into one of them (a temple photograph
+came out "Covid, p = 0.996"), so every prediction first passes this gate. It reads what the
+forward pass computes anyway, so it costs no second network:
+
+* the classifier's own pooled features (global average of ``conv5_block3_out``, which the
+  ONNX export already returns for Grad-CAM);
+* a few dozen image statistics of the model input (histogram, gradients, left-right
+  symmetry, an 8x8 thumbnail) and two cues the gray model input has lost: colourfulness and
+  the aspect ratio of the decoded image (:class:`cxr.preprocessing.PreparedImage`).
+
+Two scores come out, both from NumPy arithmetic on arrays fitted by ``model_training.gate``:
+
+* **chest score** (a one-hidden-layer perceptron, 0..1): below ``chest_threshold`` the image is
+  refused with ``NotAChestXray`` (HTTP 422). A colourful image (``colour_limit``) is refused
+  outright: no chest radiograph has colour.
+* **shift score** (Mahalanobis distance of the pooled features to the chest X-rays the model
+  was trained on, in a whitened PCA space): above ``shift_threshold`` the answer says
+  ``in_distribution: false`` with a warning, because the result is less reliable there.
+
+The artefacts (``<model>.gate.npz`` + ``<model>.gate.json``) are keyed to the ``.h5``'s
+sha256 like the ONNX export: a gate fitted for another model is never used (:func:`load_gate`).
+They hold only arrays and JSON, loaded without pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NotAChestXray
+from .metadata import sha256_file
+from .preprocessing import CAFFE_MEAN_BGR, PreparedImage
+
+GATE_FORMAT = 1
+ARRAYS = ("stats_mean", "stats_scale", "feat_mean", "feat_proj", "w1", "b1", "w2", "b2",
+          "shift_mean", "shift_proj")
+N_HIST = 16
+THUMB = 8
+
+
+def gate_paths(model_path: str | Path) -> tuple[Path, Path]:
+    model_path = Path(model_path)
+    return model_path.with_suffix(".gate.npz"), model_path.with_suffix(".gate.json")
+
+
+def pooled(feature_map: np.ndarray) -> np.ndarray:
+    """(N, h, w, C) last feature map -> (N, C) global average: what the ``gap`` head reads."""
+    return np.asarray(feature_map, dtype=np.float32).mean(axis=(1, 2))
+
+
+def image_stats(model_input: np.ndarray, colourfulness: float, aspect: float) -> np.ndarray:
+    """Hand-made statistics of one model input (S, S, 3 caffe) -> 1-D float32 vector.
+
+    What a chest film looks like beyond the network's features: a broad gray histogram, few
+    flat areas, soft gradients, near left-right symmetry, no colour, roughly square.
+    """
+    g = np.asarray(model_input[..., 0], dtype=np.float32) + CAFFE_MEAN_BGR[0]
+    n = g.size
+    mean, std = float(g.mean()), float(g.std())
+    pct = np.percentile(g, (1, 5, 25, 50, 75, 95, 99)) / 255.0
+    hist = np.histogram(g, bins=N_HIST, range=(0, 256))[0] / n
+    nonzero = hist[hist > 0]
+    entropy = float(-(nonzero * np.log2(nonzero)).sum())
+    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
+    flipped = g[:, ::-1]
+    symmetry = float(np.corrcoef(g.ravel(), flipped.ravel())[0, 1]) if std > 1e-3 else 1.0
+    s = g.shape[0] // THUMB * THUMB
+    thumb = g[:s, :s].reshape(THUMB, s // THUMB, THUMB, s // THUMB).mean(axis=(1, 3))
+    thumb = (thumb - mean) / (std + 1.0)
+    return np.concatenate([
+        [mean / 255, std / 255], pct, hist, [entropy / 4,
+         float((g <= 2).mean()), float((g >= 253).mean()),
+         float(dx.mean()) / 255, float(dy.mean()) / 255,
+         float((dx > 40).mean()), float((dy > 40).mean()),
+         symmetry, min(colourfulness, 1.0), float(np.log(aspect))],
+        thumb.ravel(),
+    ]).astype(np.float32)
+
+
+STATS_DIM = 2 + 7 + N_HIST + 10 + THUMB * THUMB
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's reading of one image."""
+
+    chest_score: float
+    chest_threshold: float
+    colourfulness: float
+    colour_limit: float
+    shift_score: float
+    shift_threshold: float
+
+    @property
+    def is_chest_xray(self) -> bool:
+        return self.chest_score >= self.chest_threshold and self.colourfulness <= self.colour_limit
+
+    @property
+    def in_distribution(self) -> bool:
+        return self.shift_score <= self.shift_threshold
+
+    def refusal(self) -> NotAChestXray:
+        if self.colourfulness > self.colour_limit:
+            why = (f"it is in colour (colourfulness {self.colourfulness:.3f}, chest X-rays stay "
+                   f"below {self.colour_limit:.3f})")
+        else:
+            why = (f"its chest X-ray score is {self.chest_score:.3f}, below the gate's "
+                   f"threshold of {self.chest_threshold:.3f}")
+        return NotAChestXray(
+            "This does not look like a frontal chest X-ray, so the model will not classify it: "
+            f"{why}. Upload a frontal (PA or AP) chest radiograph.")
+
+    def warnings(self) -> list[dict]:
+        if self.in_distribution:
+            return []
+        return [{
+            "code": "out_of_distribution",
+            "message": ("This X-ray differs from the images the model was trained on, so the "
+                        "result is less reliable than the model card's figures."),
+            "score": round(self.shift_score, 3),
+            "threshold": round(self.shift_threshold, 3),
+        }]
+
+
+class Gate:
+    """The fitted gate: arrays from ``<model>.gate.npz``, thresholds from its JSON record."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], record: dict):
+        self.a = {k: np.asarray(arrays[k], dtype=np.float64) for k in ARRAYS}
+        self.record = record
+        self.chest_threshold = float(record["chest_threshold"])
+        self.colour_limit = float(record["colour_limit"])
+        self.shift_threshold = float(record["shift_threshold"])
+
+    def inputs(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        """The perceptron's input: whitened principal components of the pooled features, then
+        the standardised statistics."""
+        a = self.a
+        return np.concatenate([(features - a["feat_mean"]) @ a["feat_proj"],
+                               (stats - a["stats_mean"]) / a["stats_scale"]], axis=1)
+
+    def chest_scores(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
+        a = self.a
+        hidden = np.maximum(self.inputs(features, stats) @ a["w1"] + a["b1"], 0.0)
+        logits = np.clip(hidden @ a["w2"] + a["b2"], -40, 40)
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def shift_scores(self, features: np.ndarray) -> np.ndarray:
+        w = (features - self.a["shift_mean"]) @ self.a["shift_proj"]
+        return np.sqrt((w * w).mean(axis=1))  # RMS over components: ~1 for the training data
+
+    def assess(self, feature_map: np.ndarray, images: list[PreparedImage]) -> list[Verdict]:
+        """One verdict per image of a batch, from the batch's last feature map."""
+        features = pooled(feature_map).astype(np.float64)
+        stats = np.stack([image_stats(i.array, i.colourfulness, i.aspect) for i in images]).astype(np.float64)
+        chest, shift = self.chest_scores(features, stats), self.shift_scores(features)
+        return [Verdict(float(c), self.chest_threshold, float(i.colourfulness), self.colour_limit,
+                        float(s), self.shift_threshold) for c, s, i in zip(chest, shift, images)]
+
+    def info(self) -> dict:
+        return {"method": self.record.get("method"), "chest_threshold": self.chest_threshold,
+                "shift_threshold": self.shift_threshold}
+
+
+def load_gate(model_path: str | Path, model_sha256: str | None = None) -> tuple[Gate | None, str]:
+    """The gate fitted for exactly this ``.h5``, or (None, why not)."""
+    npz, record_path = gate_paths(model_path)
+    if not npz.is_file() or not record_path.is_file():
+        return None, f"no gate next to {model_path} (run: python -m model_training.gate --model {model_path})"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"{record_path} unreadable: {exc}"
+    if record.get("format") != GATE_FORMAT:
+        return None, f"{record_path} has gate format {record.get('format')}, expected {GATE_FORMAT}"
+    if record.get("source_sha256") != (model_sha256 or sha256_file(model_path)):
+        return None, f"stale gate: {npz} was fitted for another model (sha256 mismatch)"
+    if record.get("gate_sha256") != sha256_file(npz):
+        return None, f"{npz} does not match the sha256 recorded in {record_path}"
+    with np.load(npz, allow_pickle=False) as arrays:
+        return Gate({k: arrays[k] for k in ARRAYS}, record), "valid"
