@@ -6,7 +6,7 @@ PORT ?= 8080
 MODEL_PATH ?= models/covid_resnet50.h5
 export PORT MODEL_PATH
 
-.PHONY: venv dev run test train evaluate clean export model-runtime bench verification-images
+.PHONY: venv dev run test train evaluate gate clean export model-runtime bench verification-images
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -78,6 +78,14 @@ train: venv
 evaluate: venv
 	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --data-dir $(SIIM_DIR) --data-dir $(CXR_DIR) \
 		--split test --youden --explain-samples 8 --out reports/covid_resnet50
+
+# The input gate (issue 12) reads the classifier's own features, so it is fitted again for every
+# new model (its artefacts carry the model's sha256; serving ignores a stale gate). Needs the
+# ONNX export for speed (about 3 minutes on 2 cores) and ../shared/data/non_cxr.
+NON_CXR_DIR ?= ../shared/data/non_cxr
+gate: model-runtime
+	$(PY) -m model_training.gate --model $(MODEL_PATH) --data-dir $(CXR_DIR) --data-dir $(SIIM_DIR) \
+		--non-cxr $(NON_CXR_DIR) --out reports/covid_resnet50/gate
 
 clean:
 	rm -rf $(VENV) .pytest_cache reports/browser_*.png

@@ -59,5 +59,8 @@ class ModelState:
             log.info("model ready: name=%s sha256=%s input_size=%s load_s=%.1f",
                      predictor.name, predictor.sha256[:12], predictor.input_size,
                      self.load_seconds)
+            if predictor.gate is None:  # answers then say in_distribution: null
+                log.warning("no input gate: %s; images that are not chest X-rays will be classified too",
+                            predictor.gate_reason)
         finally:
             self._done.set()

@@ -758,8 +758,6 @@ def check_targets(results: dict) -> list[str]:
 
 def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
     """``--batch-only``: the batch comparison alone, merged into an existing report."""
-    from cxr.metadata import write_json_atomic
-
     results["command"] += " --batch-only"
     for key in ("floor", "compute_floor_ms", "forward"):
         results.pop(key, None)
@@ -767,31 +765,34 @@ def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], 
         f"{'/'.join(map(str, BATCH_SIZES))} against single calls, {results['seconds']:g} s each ...")
     results["http"] = {backend: http_bench(str(model), backend, payloads, results["seconds"],
                                            levels=(1, 4), batch_sizes=BATCH_SIZES)}
-    results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / "results.json"
-    merged = json.loads(json_path.read_text()) if json_path.exists() else {}
-    merged["batch_run"] = results
-    write_json_atomic(json_path, merged)
+    json_path = merge_results(out_dir, "batch_run", results, load_before)
     section = write_batch_section(out_dir / "RESULTS.md", results)
     print(section)
     print(f"updated {json_path} and {out_dir / 'RESULTS.md'}")
     return 0
 
 
-def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
-    """``--gate-only``: the gate comparison alone, merged into an existing report."""
-    from cxr.metadata import atomic_path, write_json_atomic
+def merge_results(out_dir: Path, key: str, results: dict, load_before: list[float]) -> Path:
+    """A partial run's figures, kept under ``key`` in an existing results.json (the rest stays)."""
+    from cxr.metadata import write_json_atomic
 
-    log(f"[7] input gate: /predict with and without it, {backend}, alternating for {2 * results['seconds']:g} s ...")
-    results["command"] += " --gate-only"
-    results["gate"] = gate_cost(model, backend, payloads, results["seconds"])
     results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "results.json"
     merged = json.loads(json_path.read_text()) if json_path.exists() else {}
-    merged["gate_run"] = results
+    merged[key] = results
     write_json_atomic(json_path, merged)
+    return json_path
+
+
+def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
+    """``--gate-only``: the gate comparison alone, merged into an existing report."""
+    from cxr.metadata import atomic_path
+
+    log(f"[7] input gate: /predict with and without it, {backend}, alternating for {2 * results['seconds']:g} s ...")
+    results["command"] += " --gate-only"
+    results["gate"] = gate_cost(model, backend, payloads, results["seconds"])
+    json_path = merge_results(out_dir, "gate_run", results, load_before)
     section = gate_section(results)
     section.insert(2, f"From its own run, `{results['command']}` on {results['created']}, load average before "
                       f"{load_before}, after {results['load_average']['after']}: compare within this section only.")

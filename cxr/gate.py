@@ -26,14 +26,13 @@ They hold only arrays and JSON, loaded without pickle.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import NotAChestXray
-from .metadata import sha256_file
+from .metadata import derived_artefact_status
 from .preprocessing import CAFFE_MEAN_BGR, PreparedImage
 
 GATE_FORMAT = 1
@@ -162,25 +161,13 @@ class Gate:
         return [Verdict(float(c), self.chest_threshold, float(i.colourfulness), self.colour_limit,
                         float(s), self.shift_threshold) for c, s, i in zip(chest, shift, images)]
 
-    def info(self) -> dict:
-        return {"method": self.record.get("method"), "chest_threshold": self.chest_threshold,
-                "shift_threshold": self.shift_threshold}
-
-
 def load_gate(model_path: str | Path, model_sha256: str | None = None) -> tuple[Gate | None, str]:
     """The gate fitted for exactly this ``.h5``, or (None, why not)."""
     npz, record_path = gate_paths(model_path)
-    if not npz.is_file() or not record_path.is_file():
-        return None, f"no gate next to {model_path} (run: python -m model_training.gate --model {model_path})"
-    try:
-        record = json.loads(record_path.read_text())
-    except (OSError, ValueError) as exc:
-        return None, f"{record_path} unreadable: {exc}"
-    if record.get("format") != GATE_FORMAT:
-        return None, f"{record_path} has gate format {record.get('format')}, expected {GATE_FORMAT}"
-    if record.get("source_sha256") != (model_sha256 or sha256_file(model_path)):
-        return None, f"stale gate: {npz} was fitted for another model (sha256 mismatch)"
-    if record.get("gate_sha256") != sha256_file(npz):
-        return None, f"{npz} does not match the sha256 recorded in {record_path}"
+    record, reason = derived_artefact_status(
+        model_path, npz, record_path, kind="gate", fmt=GATE_FORMAT, digest_key="gate_sha256",
+        make="python -m model_training.gate", model_sha256=model_sha256)
+    if record is None:
+        return None, reason
     with np.load(npz, allow_pickle=False) as arrays:
         return Gate({k: arrays[k] for k in ARRAYS}, record), "valid"

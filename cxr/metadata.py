@@ -91,3 +91,28 @@ def update_metadata(model_path: str | Path, **changes) -> dict:
 
 def model_name(model_path: str | Path) -> str:
     return Path(model_path).stem
+
+
+def derived_artefact_status(model_path: str | Path, artefact: Path, record_path: Path, *, kind: str,
+                            fmt: int, digest_key: str, make: str, model_sha256: str | None = None
+                            ) -> tuple[dict | None, str]:
+    """Is ``artefact`` (made from the ``.h5`` by ``make``, described by the JSON ``record_path``)
+    the one for exactly this model? Returns (record, "valid") or (None, why not).
+
+    The ONNX export and the input gate are both keyed this way: the record names the format,
+    the ``.h5``'s sha256 (``source_sha256``) and the artefact's own sha256 (``digest_key``), so
+    a new model never meets a stale artefact and a replaced or truncated one is not trusted.
+    """
+    if not artefact.is_file() or not record_path.is_file():
+        return None, f"no {kind} next to {model_path} (run: {make} --model {model_path})"
+    try:
+        record = json.loads(record_path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"{record_path} unreadable: {exc}"
+    if record.get("format") != fmt:
+        return None, f"{record_path} has {kind} format {record.get('format')}, expected {fmt}"
+    if record.get("source_sha256") != (model_sha256 or sha256_file(model_path)):
+        return None, f"stale {kind}: {artefact} was made from another model (sha256 mismatch)"
+    if record.get(digest_key) != sha256_file(artefact):
+        return None, f"{artefact} does not match the sha256 recorded in {record_path}"
+    return record, "valid"

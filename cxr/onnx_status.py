@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .metadata import FEATURES_LAYER, sha256_file
+from .metadata import FEATURES_LAYER, derived_artefact_status
 
 EXPORT_FORMAT = 1
 # The ONNX graph's interface: input (N,S,S,3) float32, outputs (N,2) and the last feature map.
@@ -36,23 +36,14 @@ def export_status(model_path: str | Path, model_sha256: str | None = None) -> tu
     ``.h5``, and of the ``.onnx`` so a replaced or truncated graph is not trusted either).
     """
     model_path = Path(model_path)
-    graph, meta_file = onnx_path(model_path), export_meta_path(model_path)
-    if not graph.is_file() or not meta_file.is_file():
-        return False, f"no export next to {model_path} (run: python -m model_training.export --model {model_path})"
-    try:
-        meta = json.loads(meta_file.read_text())
-    except (OSError, ValueError) as exc:
-        return False, f"{meta_file} unreadable: {exc}"
-    if meta.get("format") != EXPORT_FORMAT:
-        return False, f"{meta_file} has export format {meta.get('format')}, expected {EXPORT_FORMAT}"
-    sha = model_sha256 or sha256_file(model_path)
-    if meta.get("source_sha256") != sha:
-        return False, f"stale export: {graph} was made from another model (sha256 mismatch)"
-    if meta.get("onnx_sha256") != sha256_file(graph):
-        return False, f"{graph} does not match the sha256 recorded in {meta_file}"
+    meta, reason = derived_artefact_status(
+        model_path, onnx_path(model_path), export_meta_path(model_path), kind="export", fmt=EXPORT_FORMAT,
+        digest_key="onnx_sha256", make="python -m model_training.export", model_sha256=model_sha256)
+    if meta is None:
+        return False, reason
     verification = meta.get("verification") or {}
     if not verification.get("passed"):
-        return False, f"{meta_file} does not record a passed verification"
+        return False, f"{export_meta_path(model_path)} does not record a passed verification"
     return True, "valid"
 
 

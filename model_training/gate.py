@@ -205,11 +205,11 @@ def fit(data, items: list[Item], args) -> dict:
     train, val = (split == "train") & ok, (split == "val") & ok
     feats, stats = data["features"].astype(np.float64), data["stats"].astype(np.float64)
 
-    pca = PCA(FEATURE_PCS, random_state=0).fit(feats[train])
+    pca = PCA(min(FEATURE_PCS, int(train.sum()) - 1), random_state=0).fit(feats[train])
     feat_mean, feat_proj = pca.mean_, pca.components_.T / np.sqrt(pca.explained_variance_)
     stats_mean, stats_scale = stats[train].mean(0), stats[train].std(0) + 1e-6
     chest_train = train & (y == 1)
-    shift = PCA(SHIFT_PCS, random_state=0).fit(feats[chest_train])
+    shift = PCA(min(SHIFT_PCS, int(chest_train.sum()) - 1), random_state=0).fit(feats[chest_train])
     shift_mean, shift_proj = shift.mean_, shift.components_.T / np.sqrt(shift.explained_variance_)
     arrays = {"stats_mean": stats_mean, "stats_scale": stats_scale, "feat_mean": feat_mean,
               "feat_proj": feat_proj, "shift_mean": shift_mean, "shift_proj": shift_proj}
@@ -217,8 +217,9 @@ def fit(data, items: list[Item], args) -> dict:
                  {"chest_threshold": 0.5, "colour_limit": 1.0, "shift_threshold": 1.0})
     z = blank.inputs(feats, stats)
     width = z.shape[1]
-    columns = {"combined": np.ones(width, bool), "features": np.arange(width) < FEATURE_PCS,
-               "stats": np.arange(width) >= FEATURE_PCS}
+    n_pcs = feat_proj.shape[1]
+    columns = {"combined": np.ones(width, bool), "features": np.arange(width) < n_pcs,
+               "stats": np.arange(width) >= n_pcs}
 
     def threshold_for(scores, keep=None):
         chest_val = val & (y == 1) & (True if keep is None else keep)
@@ -236,8 +237,8 @@ def fit(data, items: list[Item], args) -> dict:
                             "val_refusal": float((scores[val & (y == 0)] < threshold).mean())}
         if kind == "mlp":  # how it accepts a hospital it never saw, on val (selection uses it)
             candidates[name]["unseen_hospital_val"] = min(
-                _held_out_acceptance(kind, z, y, columns[inputs], train, val & (source == held), source != held,
-                                     threshold_for) for held in held_out_sources(source, val, y))
+                (_held_out_acceptance(kind, z, y, columns[inputs], train, val & (source == held), source != held,
+                                      threshold_for) for held in held_out_sources(source, val, y)), default=None)
     distance = blank.shift_scores(feats)
     maha = -distance  # higher = more like the training chest X-rays
     threshold = threshold_for(maha)
@@ -271,7 +272,7 @@ def choose(fitted: dict, method: str) -> str:
     shippable = {k: v for k, v in fitted["candidates"].items() if k.startswith("mlp-")}
     if method != "auto":
         return method
-    return max(shippable, key=lambda k: shippable[k]["val_refusal"] + shippable[k]["unseen_hospital_val"])
+    return max(shippable, key=lambda k: shippable[k]["val_refusal"] + (shippable[k]["unseen_hospital_val"] or 0.0))
 
 
 def unseen_hospitals(items: list[Item], fitted: dict, chosen: str) -> list[dict]:
