@@ -52,28 +52,32 @@ def pooled(feature_map: np.ndarray) -> np.ndarray:
     return np.asarray(feature_map, dtype=np.float32).mean(axis=(1, 2))
 
 
-def image_stats(model_input: np.ndarray, colourfulness: float, aspect: float) -> np.ndarray:
-    """Hand-made statistics of one model input (S, S, 3 caffe) -> 1-D float32 vector.
+def image_stats(gray: np.ndarray, colourfulness: float, aspect: float) -> np.ndarray:
+    """Hand-made statistics of one resized uint8 gray image (``PreparedImage.gray``) -> 1-D float32.
 
     What a chest film looks like beyond the network's features: a broad gray histogram, few
-    flat areas, soft gradients, near left-right symmetry, no colour, roughly square.
+    flat areas, soft gradients, near left-right symmetry, no colour, roughly square. Built on
+    one 256-bin count, so it costs ~0.1 ms per image on the request path.
     """
-    g = np.asarray(model_input[..., 0], dtype=np.float32) + CAFFE_MEAN_BGR[0]
+    g = np.asarray(gray, dtype=np.uint8)
     n = g.size
-    mean, std = float(g.mean()), float(g.std())
-    pct = np.percentile(g, (1, 5, 25, 50, 75, 95, 99)) / 255.0
-    hist = np.histogram(g, bins=N_HIST, range=(0, 256))[0] / n
+    counts = np.bincount(g.ravel(), minlength=256)
+    levels = np.arange(256, dtype=np.float64)
+    mean = float(counts @ levels) / n
+    std = float(np.sqrt(max(counts @ (levels - mean) ** 2 / n, 0.0)))
+    hist = counts.reshape(N_HIST, 256 // N_HIST).sum(axis=1) / n
     nonzero = hist[hist > 0]
     entropy = float(-(nonzero * np.log2(nonzero)).sum())
-    dx, dy = np.abs(np.diff(g, axis=1)), np.abs(np.diff(g, axis=0))
-    flipped = g[:, ::-1]
-    symmetry = float(np.corrcoef(g.ravel(), flipped.ravel())[0, 1]) if std > 1e-3 else 1.0
+    wide = g.astype(np.int16)
+    dx, dy = np.abs(np.diff(wide, axis=1)), np.abs(np.diff(wide, axis=0))
+    centred = g.astype(np.float32) - np.float32(mean)
+    power = float((centred * centred).sum())
+    symmetry = float((centred * centred[:, ::-1]).sum()) / power if power > 1e-3 else 1.0
     s = g.shape[0] // THUMB * THUMB
-    thumb = g[:s, :s].reshape(THUMB, s // THUMB, THUMB, s // THUMB).mean(axis=(1, 3))
-    thumb = (thumb - mean) / (std + 1.0)
+    thumb = centred[:s, :s].reshape(THUMB, s // THUMB, THUMB, s // THUMB).mean(axis=(1, 3)) / (std + 1.0)
     return np.concatenate([
-        [mean / 255, std / 255], pct, hist, [entropy / 4,
-         float((g <= 2).mean()), float((g >= 253).mean()),
+        [mean / 255, std / 255], _percentiles(counts, n) / 255, hist, [entropy / 4,
+         counts[:3].sum() / n, counts[253:].sum() / n,
          float(dx.mean()) / 255, float(dy.mean()) / 255,
          float((dx > 40).mean()), float((dy > 40).mean()),
          symmetry, min(colourfulness, 1.0), float(np.log(aspect))],
@@ -81,6 +85,20 @@ def image_stats(model_input: np.ndarray, colourfulness: float, aspect: float) ->
     ]).astype(np.float32)
 
 
+PERCENTILES = np.array([1, 5, 25, 50, 75, 95, 99], dtype=np.float64)
+
+
+def _percentiles(counts: np.ndarray, n: int) -> np.ndarray:
+    """``np.percentile`` (linear) of the values behind a 256-bin count, without sorting."""
+    position = (n - 1) * PERCENTILES / 100
+    below = np.floor(position).astype(np.int64)
+    cumulative = np.cumsum(counts)
+    lower = np.searchsorted(cumulative, below, side="right")
+    upper = np.searchsorted(cumulative, np.minimum(below + 1, n - 1), side="right")
+    return lower + (position - below) * (upper - lower)
+
+
+STATS_VERSION = 2  # bump when image_stats changes: cached statistics are then recomputed
 STATS_DIM = 2 + 7 + N_HIST + 10 + THUMB * THUMB
 
 
@@ -135,6 +153,9 @@ class Gate:
         self.chest_threshold = float(record["chest_threshold"])
         self.colour_limit = float(record["colour_limit"])
         self.shift_threshold = float(record["shift_threshold"])
+        self._pcs = self.a["feat_proj"].shape[1]
+        # A perceptron fitted on the statistics alone has zero weights for the features: skip them.
+        self._stats_only = not np.any(self.a["w1"][: self._pcs])
 
     def inputs(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
         """The perceptron's input: whitened principal components of the pooled features, then
@@ -145,7 +166,11 @@ class Gate:
 
     def chest_scores(self, features: np.ndarray, stats: np.ndarray) -> np.ndarray:
         a = self.a
-        hidden = np.maximum(self.inputs(features, stats) @ a["w1"] + a["b1"], 0.0)
+        if self._stats_only:
+            z = (stats - a["stats_mean"]) / a["stats_scale"]
+            hidden = np.maximum(z @ a["w1"][self._pcs:] + a["b1"], 0.0)
+        else:
+            hidden = np.maximum(self.inputs(features, stats) @ a["w1"] + a["b1"], 0.0)
         logits = np.clip(hidden @ a["w2"] + a["b2"], -40, 40)
         return 1.0 / (1.0 + np.exp(-logits))
 
@@ -156,7 +181,7 @@ class Gate:
     def assess(self, feature_map: np.ndarray, images: list[PreparedImage]) -> list[Verdict]:
         """One verdict per image of a batch, from the batch's last feature map."""
         features = pooled(feature_map).astype(np.float64)
-        stats = np.stack([image_stats(i.array, i.colourfulness, i.aspect) for i in images]).astype(np.float64)
+        stats = np.stack([image_stats(i.gray, i.colourfulness, i.aspect) for i in images]).astype(np.float64)
         chest, shift = self.chest_scores(features, stats), self.shift_scores(features)
         return [Verdict(float(c), self.chest_threshold, float(i.colourfulness), self.colour_limit,
                         float(s), self.shift_threshold) for c, s, i in zip(chest, shift, images)]

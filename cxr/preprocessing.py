@@ -27,13 +27,21 @@ PREPROCESSING_MODE = "caffe"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
+def resize_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
+    """A uint8 gray image resized to (size, size) with bilinear filtering, still uint8."""
+    resized = Image.fromarray(gray, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def model_input(small: np.ndarray) -> np.ndarray:
+    """A resized uint8 gray image -> the model input: float32 HxWx3 with the caffe means subtracted."""
+    g = small.astype(np.float32)
+    return np.stack([g, g, g], axis=-1) - CAFFE_MEAN_BGR
+
+
 def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
     """Resize a uint8 gray image to (size, size) and apply caffe preprocessing -> float32 HxWx3."""
-    resized = Image.fromarray(gray, mode="L").resize(
-        (image_size, image_size), Image.Resampling.BILINEAR
-    )
-    g = np.asarray(resized, dtype=np.float32)
-    return np.stack([g, g, g], axis=-1) - CAFFE_MEAN_BGR
+    return model_input(resize_gray(gray, image_size))
 
 
 def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
@@ -43,17 +51,27 @@ def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A model input plus the two cues the input gate (``cxr.gate``) needs and the square gray
-    array has lost: colourfulness (0..1) and the decoded image's width / height."""
+    """A model input plus what the input gate (``cxr.gate``) reads: the resized uint8 gray image
+    it was made from, and two cues the square gray input has lost: colourfulness (0..1) and
+    the decoded image's width / height."""
 
     array: np.ndarray
     colourfulness: float = 0.0
     aspect: float = 1.0
+    small: np.ndarray | None = None
+
+    @property
+    def gray(self) -> np.ndarray:
+        """The resized uint8 gray image (recovered from ``array`` when it was not kept)."""
+        if self.small is not None:
+            return self.small
+        return np.clip(np.rint(self.array[..., 0] + CAFFE_MEAN_BGR[0]), 0, 255).astype(np.uint8)
 
 
 def prepare_gray(gray: np.ndarray, image_size: int, colourfulness: float = 0.0) -> PreparedImage:
     height, width = gray.shape[:2]
-    return PreparedImage(preprocess_gray(gray, image_size), colourfulness, width / height)
+    small = resize_gray(gray, image_size)
+    return PreparedImage(model_input(small), colourfulness, width / height, small)
 
 
 def prepare_image_bytes(data: bytes, image_size: int) -> PreparedImage:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from cxr.errors import InputError
-from cxr.gate import ARRAYS, GATE_FORMAT, STATS_DIM, Gate, gate_paths, image_stats, pooled
+from cxr.gate import ARRAYS, GATE_FORMAT, STATS_DIM, STATS_VERSION, Gate, gate_paths, image_stats, pooled
 from cxr.metadata import atomic_path, read_metadata, sha256_file, write_json_atomic
 from cxr.preprocessing import prepare_image_bytes
 
@@ -105,7 +105,7 @@ def extract(predictor, items: list[Item], batch_size: int) -> dict[str, np.ndarr
                 _, fmap = predictor.forward_features(np.stack([p.array for _, p in good]))
                 rows = [i for i, _ in good]
                 features[rows] = pooled(fmap)
-                stats[rows] = np.stack([image_stats(p.array, p.colourfulness, p.aspect) for _, p in good])
+                stats[rows] = np.stack([image_stats(p.gray, p.colourfulness, p.aspect) for _, p in good])
                 colour[rows] = [p.colourfulness for _, p in good]
                 ok[rows] = True
             done += len(chunk)
@@ -117,7 +117,7 @@ def extract(predictor, items: list[Item], batch_size: int) -> dict[str, np.ndarr
 
 
 def item_keys(items: list[Item], model_sha: str) -> np.ndarray:
-    return np.array([f"{model_sha[:16]}|{it.group}|{it.category}|{it.source}|{it.split}|{it.path}|{it.seed}|{it.augment}"
+    return np.array([f"{model_sha[:16]}|s{STATS_VERSION}|{it.group}|{it.category}|{it.source}|{it.split}|{it.path}|{it.seed}|{it.augment}"
                      for it in items])
 
 

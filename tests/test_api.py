@@ -320,7 +320,7 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
     with out.open(newline="") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == ["file", "label", "probability_covid", "probability_normal", "threshold",
-                                     "error"]
+                                     "in_distribution", "error"]
         rows = {row["file"]: row for row in reader}
     names = {Path(file).relative_to(folder).as_posix() for file in rows}
     assert names == {"covid/" + jpegs[0].name, "covid/" + jpegs[1].name, "normal/deeper/" + jpegs[2].name,
