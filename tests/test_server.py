@@ -205,8 +205,10 @@ def test_killed_worker_is_replaced_and_service_keeps_answering(server, sample_xr
     assert served_during, "the surviving worker kept answering"
     assert all(o[1] in (200, "connection_error") for o in outcomes), Counter(o[1] for o in outcomes)
     assert all(o[2] == label for o in outcomes if o[1] == 200)
-    # Only requests in flight on the killed worker (2 threads) can be cut off.
-    assert sum(o[1] == "connection_error" for o in outcomes) <= 2
+    # Only connections held by the killed worker can be cut off: each client holds one, and the
+    # buffering worker keeps a connection open beyond its 2 threads (a keep-alive between
+    # requests, an upload being read), so all 3 clients may lose one, never more.
+    assert sum(o[1] == "connection_error" for o in outcomes) <= len(threads)
     assert requests.post(server.url + "/predict", data=data, timeout=120,
                          headers={"Content-Type": "image/jpeg"}).status_code == 200
 
