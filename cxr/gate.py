@@ -4,17 +4,19 @@ A classifier that knows two classes puts everything into one of them (a temple p
 came out "Covid, p = 0.996"), so every prediction first passes this gate. It reads what the
 forward pass computes anyway, so it costs no second network:
 
+* 99 statistics of the resized gray image (:func:`image_stats`: histogram, gradients,
+  left-right symmetry, an 8x8 thumbnail) and two cues the gray model input has lost:
+  colourfulness and the aspect ratio of the decoded image
+  (:class:`cxr.preprocessing.PreparedImage`);
 * the classifier's own pooled features (global average of ``conv5_block3_out``, which the
-  ONNX export already returns for Grad-CAM);
-* a few dozen image statistics of the model input (histogram, gradients, left-right
-  symmetry, an 8x8 thumbnail) and two cues the gray model input has lost: colourfulness and
-  the aspect ratio of the decoded image (:class:`cxr.preprocessing.PreparedImage`).
+  ONNX export already returns for Grad-CAM).
 
 Two scores come out, both from NumPy arithmetic on arrays fitted by ``model_training.gate``:
 
-* **chest score** (a one-hidden-layer perceptron, 0..1): below ``chest_threshold`` the image is
-  refused with ``NotAChestXray`` (HTTP 422). A colourful image (``colour_limit``) is refused
-  outright: no chest radiograph has colour.
+* **chest score** (a one-hidden-layer perceptron, 0..1, on the statistics and/or the
+  features: ``model_training.gate`` picks by measurement; the shipped one reads the statistics
+  only): below ``chest_threshold`` the image is refused with ``NotAChestXray`` (HTTP 422).
+  A colourful image (``colour_limit``) is refused outright: no chest radiograph has colour.
 * **shift score** (Mahalanobis distance of the pooled features to the chest X-rays the model
   was trained on, in a whitened PCA space): above ``shift_threshold`` the answer says
   ``in_distribution: false`` with a warning, because the result is less reliable there.
@@ -33,7 +35,7 @@ import numpy as np
 
 from .errors import NotAChestXray
 from .metadata import derived_artefact_status
-from .preprocessing import CAFFE_MEAN_BGR, PreparedImage
+from .preprocessing import PreparedImage
 
 GATE_FORMAT = 1
 ARRAYS = ("stats_mean", "stats_scale", "feat_mean", "feat_proj", "w1", "b1", "w2", "b2",

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from model_training import synthetic
-from model_training.data import SPLITS, list_split
 
 # Whole repositories the gate never trains on: its "kinds never seen" figures.
 UNSEEN_SOURCES = {
@@ -70,6 +69,10 @@ def hash_split(name: str) -> str:
 
 
 def chest_items(data_dirs, limit: int | None = None) -> list[Item]:
+    # Imported here: model_training.data imports Keras (and so TensorFlow), which the gate's
+    # CLI otherwise never needs (it runs the ONNX export).
+    from model_training.data import SPLITS, list_split
+
     items = []
     for data_dir in data_dirs:
         folder = Path(data_dir).name
