@@ -74,6 +74,7 @@ train: venv
 	$(PY) -m model_training.train --data-dir $(SIIM_DIR) --weights none --init-from models/stage3_siim_128px.h5 \
 		--image-size 128 --head gap --balance weights --augment robust --epochs 4 --patience 4 \
 		--lr-schedule cosine --learning-rate 1e-4 --seed 4 --out $(MODEL_PATH) --resume
+	$(MAKE) gate  # a new model needs its own input gate (the old one's sha256 no longer matches)
 
 evaluate: venv
 	$(PY) -m model_training.evaluate --model $(MODEL_PATH) --data-dir $(SIIM_DIR) --data-dir $(CXR_DIR) \

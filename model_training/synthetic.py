@@ -2,7 +2,8 @@
 
 The gate (``model_training.gate``) learns what a chest radiograph is not from real images
 (``../shared/data/non_cxr``) plus these: noise, blank and gradient images, rendered text
-pages, charts and screenshots that imitate our own upload page. Each image is a pure
+pages, charts, heat maps and confusion matrices, and screenshots that imitate our own upload
+page. Each image is a pure
 function of ``(kind, seed)`` and is returned as encoded PNG or JPEG bytes, so it reaches
 the gate through the same decoding as an upload. Train, val and test use disjoint seeds.
 """
@@ -14,7 +15,8 @@ import io
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-KINDS = ("noise", "blank", "gradient", "text_page", "chart", "screenshot", "pattern")
+KINDS = ("noise", "blank", "gradient", "text_page", "chart", "screenshot", "pattern", "heatmap")
+VARIANT_STREAM = 7  # the random stream of ``variant`` (fixed: new kinds must not change old variants)
 WORDS = ("patient", "report", "the", "of", "upload", "model", "covid", "normal", "result", "image",
          "lorem", "ipsum", "dolor", "sit", "amet", "data", "chest", "total", "2024", "figure", "page",
          "table", "value", "score", "research", "demo", "not", "a", "diagnosis", "file", "choose")
@@ -39,7 +41,7 @@ def variant(data: bytes, seed: int, mild: bool = False) -> bytes:
     maybe mirrored or turned, another contrast and gamma, gray or not, re-encoded. A few dozen
     photographs then teach the gate "photograph", not "these photographs". ``mild`` (for chest
     X-rays: how other hospitals' films differ) crops 75-100%, never turns, stays gray."""
-    rng = np.random.default_rng([len(KINDS), seed])
+    rng = np.random.default_rng([VARIANT_STREAM, seed])
     image = Image.open(io.BytesIO(data))
     image = image.convert("RGB") if image.mode not in ("L", "RGB") else image
     w, h = image.size
@@ -186,5 +188,36 @@ def _pattern(rng) -> Image.Image:
     return Image.fromarray(a.astype(np.uint8))
 
 
+def _heatmap(rng) -> Image.Image:
+    """A confusion matrix or heat map as plots show them: a grid of shaded cells with numbers,
+    axis labels, maybe a colour bar."""
+    w, h = int(rng.integers(300, 800)), int(rng.integers(260, 700))
+    image = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    rows, cols = int(rng.integers(2, 12)), int(rng.integers(2, 12))
+    left, top = int(w * rng.uniform(0.1, 0.25)), int(h * rng.uniform(0.05, 0.2))
+    right, bottom = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.75, 0.92))
+    cw, ch = (right - left) / cols, (bottom - top) / rows
+    tint = rng.uniform(0.2, 1.0, 3) if rng.random() < 0.5 else np.ones(3)
+    font = _font(rng, int(rng.integers(10, 20)))
+    for r in range(rows):
+        for c in range(cols):
+            level = rng.uniform(0, 1)
+            colour = tuple(int(255 - level * 255 * t) for t in tint)
+            box = [left + c * cw, top + r * ch, left + (c + 1) * cw, top + (r + 1) * ch]
+            draw.rectangle(box, fill=colour)
+            if rng.random() < 0.8:
+                draw.text((box[0] + cw / 3, box[1] + ch / 3), str(int(rng.integers(0, 1000))),
+                          fill=(255, 255, 255) if level > 0.5 else (0, 0, 0), font=font)
+    draw.text((left, bottom + 8), " ".join(rng.choice(WORDS, 2)), fill=(0, 0, 0), font=font)
+    draw.text((4, top + (bottom - top) // 2), str(rng.choice(WORDS)), fill=(0, 0, 0), font=font)
+    if rng.random() < 0.5:  # a colour bar
+        for i in range(bottom - top):
+            t = i / max(bottom - top - 1, 1)
+            draw.line([(right + 15, top + i), (right + 30, top + i)],
+                      fill=tuple(int(255 - t * 255 * k) for k in tint))
+    return image
+
+
 _DRAW = {"noise": _noise, "blank": _blank, "gradient": _gradient, "text_page": _text_page,
-         "chart": _chart, "screenshot": _screenshot, "pattern": _pattern}
+         "chart": _chart, "screenshot": _screenshot, "pattern": _pattern, "heatmap": _heatmap}

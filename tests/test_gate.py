@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from cxr.errors import NotAChestXray
 from cxr.gate import gate_paths, load_gate
@@ -92,6 +93,18 @@ def test_refuses_the_issues_photographs_noise_and_text(predictor):
             predictor.predict_bytes(data)
         assert refused.value.code == "not_a_chest_xray"
         assert "chest X-ray" in str(refused.value), name
+
+
+def test_refuses_our_own_charts_and_page_screenshots(predictor):
+    """The project's own report figures and browser screenshots, colour and gray: charts, a
+    confusion matrix, a Grad-CAM grid, the upload page. None of them was in the gate's fit."""
+    figures = sorted((ROOT / "reports" / "covid_resnet50").glob("*.png"))
+    assert len(figures) >= 5
+    for path in figures:
+        gray = encode(np.asarray(Image.open(path).convert("L")))
+        for name, data in ((path.name, path.read_bytes()), (f"gray {path.name}", gray)):
+            with pytest.raises(NotAChestXray):
+                predictor.predict_bytes(data)
 
 
 def test_accepts_the_chest_xrays_of_both_test_splits(predictor, report):
