@@ -446,7 +446,7 @@ def main(argv=None) -> int:
         run(args)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

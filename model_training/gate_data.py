@@ -87,6 +87,9 @@ def chest_items(data_dirs, limit: int | None = None) -> list[Item]:
 
 def non_cxr_items(root: str | Path, per_category: int | None = None) -> list[Item]:
     root = Path(root)
+    if not (root / "metadata.csv").is_file():
+        raise FileNotFoundError(f"{root / 'metadata.csv'} not found: --non-cxr must name the non-chest "
+                                "collection (category folders + metadata.csv, e.g. ../shared/data/non_cxr)")
     with open(root / "metadata.csv", newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["file"])
     items, taken = [], {}
