@@ -209,6 +209,10 @@ def test_gate_cli_fits_a_gate_that_serving_then_uses(tmp_path, tiny_onnx_model, 
     helped = subprocess.run([sys.executable, "-m", "model_training.gate", "--help"], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and "--non-cxr" in helped.stdout
+    missing = subprocess.run([sys.executable, "-m", "model_training.gate", "--model", str(tiny_onnx_model),
+                              "--non-cxr", str(tmp_path / "nowhere")], cwd=ROOT, capture_output=True, text=True,
+                             timeout=300)
+    assert missing.returncode == 2 and "non-chest collection" in missing.stderr
     model = tmp_path / tiny_onnx_model.name
     for suffix in (".h5", ".json", ".onnx", ".onnx.json"):
         shutil.copy2(str(tiny_onnx_model)[:-3] + suffix, str(model)[:-3] + suffix)
