@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from jsonschema import Draft202012Validator
 from PIL import Image
 
 from cxr.errors import NotAChestXray
@@ -149,6 +150,14 @@ def test_over_http_refusals_warnings_batch_form_and_explain(predictor, held_out,
         warning, = shifted["warnings"]
         assert warning["code"] == "out_of_distribution" and "less reliable" in warning["message"]
         assert warning["score"] > warning["threshold"] == pytest.approx(shifted["input_check"]["shift_threshold"], abs=1e-3)
+
+        # The answers with the gate's fields match the OpenAPI document the server publishes.
+        spec = requests.get(url + "/openapi.json", timeout=30).json()
+        for schema, body in (("PredictAnswer", answer), ("PredictAnswer", shifted)):
+            Draft202012Validator({"$ref": f"#/components/schemas/{schema}",
+                                  "components": spec["components"]}).validate(body)
+        assert "not_a_chest_xray" in spec["components"]["schemas"]["Error"]["properties"]["error"][
+            "properties"]["code"]["enum"]
 
         batch = requests.post(url + "/predict/batch", timeout=60, files=[
             ("files", ("x.jpg", xray)), ("files", ("china.jpg", sample_photos()["china.jpg"])),
