@@ -43,12 +43,12 @@ def explain_upload(predictor, data: bytes, class_name: str | None = None, *,
     ``NotAChestXray`` (422) before any heatmap is drawn.
     """
     gray, colour = decode_image_colour(data)
+    prepared = prepare_gray(gray, predictor.input_size, colour)
     with predictor.inference_slot():  # the same concurrency limit as plain predictions
         started = time.perf_counter()
-        explanation = explain_gray(predictor, gray, class_name)
+        explanation = explain_gray(predictor, gray, class_name, prepared.array)
         inference_ms = (time.perf_counter() - started) * 1000
-    verdict = predictor.check_input(explanation.feature_map[np.newaxis],
-                                    prepare_gray(gray, predictor.input_size, colour))
+    verdict = predictor.check_input(explanation.feature_map[np.newaxis], prepared)
     probs = np.array([explanation.probabilities[name] for name in predictor.class_names])
     answer = image_answer(predictor.prediction_from(probs, inference_ms, verdict))
     png = explanation.overlay_png(gray, opacity=opacity, max_side=max_side)

@@ -43,12 +43,17 @@ def sniff_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes) -> np.ndarray:
     """Decode image bytes to a 2-D uint8 grayscale array, or raise an :class:`InputError`."""
-    return decode_image_colour(data)[0]
+    return _decode(data, colour=False)[0]
 
 
 def decode_image_colour(data: bytes) -> tuple[np.ndarray, float]:
     """:func:`decode_image` plus the colourfulness (0..1) the gray image has lost; DICOM is
     read as gray (its header says what it shows, ``cxr.dicom_header``) and counts as 0."""
+    return _decode(data, colour=True)
+
+
+def _decode(data: bytes, colour: bool) -> tuple[np.ndarray, float]:
+    """``colour``: measure colourfulness too (the input gate needs it; training does not)."""
     if not data:
         raise EmptyInput("The upload is empty.")
     fmt = sniff_format(data)
@@ -61,7 +66,7 @@ def decode_image_colour(data: bytes) -> tuple[np.ndarray, float]:
             raise _unknown(data) from None
     if fmt == "JPEG":
         check_jpeg_structure(data)
-    return _decode_pillow(data, fmt)
+    return _decode_pillow(data, fmt, colour=colour)
 
 
 def _unknown(data: bytes) -> UnsupportedFormat | NotAnImage:

@@ -146,16 +146,20 @@ class Explanation:
                                  colormap=colormap))
 
 
-def explain_gray(source, gray: np.ndarray, class_name: str | None = None) -> Explanation:
+def explain_gray(source, gray: np.ndarray, class_name: str | None = None,
+                 model_input: np.ndarray | None = None) -> Explanation:
     """Explain one decoded image with a feature source (a ``cxr.inference.Predictor``).
 
     ``class_name`` None means the predicted label (Covid when its probability reaches the
-    model's threshold, as the app decides).
+    model's threshold, as the app decides). ``model_input``: ``gray`` already preprocessed, when
+    the caller has it (the app's explain path, which also hands it to the input gate).
     """
     names = tuple(getattr(source, "class_names", CLASS_NAMES))
     if class_name is not None and class_name not in names:
         raise ValueError(f"class must be one of {names}, not {class_name!r}")
-    batch = preprocess_gray(gray, source.input_size)[np.newaxis]
+    if model_input is None:
+        model_input = preprocess_gray(gray, source.input_size)
+    batch = model_input[np.newaxis]
     probs, features = source.forward_features(batch)
     probabilities = {n: float(p) for n, p in zip(names, np.asarray(probs)[0])}
     label = decide(probabilities, source.threshold, names)

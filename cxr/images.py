@@ -131,8 +131,9 @@ def _skip_entropy_coded(data: bytes, pos: int, corrupt) -> int:
             return pos
 
 
-def _decode_pillow(data: bytes, fmt: str) -> tuple[np.ndarray, float]:
-    """PNG/JPEG bytes -> (2-D uint8 gray, colourfulness), or raise an ``InputError``."""
+def _decode_pillow(data: bytes, fmt: str, colour: bool = False) -> tuple[np.ndarray, float]:
+    """PNG/JPEG bytes -> (2-D uint8 gray, colourfulness or 0.0 without ``colour``), or raise an
+    ``InputError``."""
     with warnings.catch_warnings():
         # Pillow only warns between ~89 MP and ~179 MP; we want a hard refusal.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -141,7 +142,7 @@ def _decode_pillow(data: bytes, fmt: str) -> tuple[np.ndarray, float]:
             check_dimensions(*image.size)
             image.load()
             image = ImageOps.exif_transpose(image)
-            return to_gray8(image), colourfulness(image)
+            return to_gray8(image), (colourfulness(image) if colour else 0.0)
         except InputError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:

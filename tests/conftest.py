@@ -59,6 +59,20 @@ def tiny_model(tmp_path_factory, data_dir) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def app(tiny_model):
+    """The real Flask app (``create_app``) serving ``tiny_model``, as in Flask's tutorial; one
+    instance per model path (``tests.web_support.cached_app``), so the model loads once."""
+    from tests.web_support import cached_app
+
+    return cached_app(str(tiny_model))
+
+
+@pytest.fixture()
+def client(app):
+    return app.test_client()
+
+
 @pytest.fixture(scope="session")
 def tiny_onnx_model(tmp_path_factory, tiny_model, data_dir) -> Path:
     """A copy of ``tiny_model`` in its own folder with a verified ONNX export beside it.

@@ -18,19 +18,10 @@ from openapi_spec_validator import validate
 
 import tests.xray_inputs as X
 from cxr.decode import decode_image
-from tests.web_support import ROOT, GunicornServer, cached_app
+from tests.test_dicom import make_dicom
+from tests.web_support import ROOT, GunicornServer
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-@pytest.fixture(scope="module")
-def app(tiny_model):
-    return cached_app(str(tiny_model))
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")
@@ -45,28 +36,6 @@ def xrays(sample_xrays):
     """Four real X-rays, two per class, as (name, bytes)."""
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
     return [(p.name, p.read_bytes()) for p in paths]
-
-
-def dicom_bytes(gray) -> bytes:
-    """A minimal 8-bit MONOCHROME2 DICOM Part 10 file holding ``gray``."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import DigitalXRayImageStorageForPresentation, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = gray.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = gray.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
 
 
 def validator(spec: dict, schema: str) -> Draft202012Validator:
@@ -232,7 +201,7 @@ def test_a_file_over_max_upload_mb_fails_alone(app, client, sample_xrays):
 def test_batch_over_real_gunicorn(tiny_onnx_model, tmp_path, xrays):
     """The way a client uses it: requests' multipart with ``files`` repeated, against gunicorn
     serving as ``make run`` does (ONNX Runtime, the export being current)."""
-    dicom = dicom_bytes(decode_image(xrays[1][1]))
+    dicom = make_dicom(decode_image(xrays[1][1]))
     server = GunicornServer(tiny_onnx_model, tmp_path / "server.log", workers=1, threads=2,
                             extra_env={"BATCH_MAX_FILES": "8", "BATCH_MAX_MB": "0.5"})
     try:
@@ -308,7 +277,7 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
         (folder / "covid" / path.name).write_bytes(path.read_bytes())
     (folder / "normal" / "deeper" / jpegs[2].name).write_bytes(jpegs[2].read_bytes())
     (folder / "normal" / "as.png").write_bytes(X.plain_png(jpegs[2]))
-    (folder / "patient.dcm").write_bytes(dicom_bytes(decode_image(jpegs[0].read_bytes())))
+    (folder / "patient.dcm").write_bytes(make_dicom(decode_image(jpegs[0].read_bytes())))
     (folder / "notes.txt").write_text("not an X-ray\n")
     (folder / "empty.jpg").write_bytes(b"")
     (folder / ".DS_Store").write_bytes(b"\0\1junk")

@@ -10,19 +10,8 @@ import re
 import numpy as np
 import pytest
 
-from tests.web_support import cached_app
 
 DISCLAIMER_WORDS = ("research demo", "not a diagnosis")
-
-
-@pytest.fixture(scope="module")
-def app(tiny_model):
-    return cached_app(str(tiny_model))
-
-
-@pytest.fixture()
-def client(app):
-    return app.test_client()
 
 
 @pytest.fixture(scope="module")

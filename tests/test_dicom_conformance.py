@@ -58,7 +58,6 @@ from cxr import dicom  # noqa: E402
 from cxr.decode import decode_image  # noqa: E402
 from cxr.dicom_codecs import plugins_for  # noqa: E402
 from cxr.errors import InputError  # noqa: E402
-from tests.web_support import cached_app  # noqa: E402
 from tests.xray_inputs import plain_png  # noqa: E402
 
 DATA = Path(pydicom.data.__file__).parent
@@ -246,11 +245,6 @@ TABLE += [(TINY_ALPHA + f"IM0000{n}", 422, C, U) for n in (
 
 #: The counts the README and the issue's closing note quote: (status, code) -> files.
 COUNTS = {(200, None): 6, (422, C): 156, (422, U): 27, (422, N): 12, (422, S): 2}
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    return cached_app(str(tiny_model)).test_client()
 
 
 def predict(client, data: bytes):

@@ -11,12 +11,6 @@ import pytest
 from PIL import Image
 
 from tests.test_dicom import PATIENT_ID, PATIENT_NAME, make_dicom
-from tests.web_support import cached_app
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    return cached_app(str(tiny_model)).test_client()
 
 
 def _png(path, size) -> bytes:

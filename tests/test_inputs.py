@@ -19,14 +19,8 @@ from app.errors import input_status
 from cxr.decode import decode_image
 from cxr.errors import InputError
 from cxr.preprocessing import load_image_bytes
-from tests.web_support import cached_app
 
 SIZE = 64
-
-
-@pytest.fixture(scope="module")
-def client(tiny_model):
-    return cached_app(str(tiny_model)).test_client()
 
 
 @pytest.fixture(scope="module")
