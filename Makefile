@@ -48,8 +48,10 @@ model-runtime: venv
 bench: dev model-runtime
 	$(PY) bench/serving.py
 
-# The whole suite; tests/test_architecture.py runs lint-imports on .importlinter (the house's doors).
+# The whole suite: Ruff first (ruff.toml; seconds, and a lint error stops before the long run),
+# then pytest; tests/test_architecture.py runs lint-imports on .importlinter (the house's doors).
 test: dev
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 # The shipped model's recipe (issue 11; see MODEL_CARD.md). Stages 1-2 learn chest X-rays in

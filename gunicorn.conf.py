@@ -34,18 +34,28 @@
 import importlib.util
 import os
 import resource
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cxr.settings import parse_float, parse_int, setting  # noqa: E402 - the one parser (standard library only)
 
 
 def _buffering_worker():
     """The worker class, loaded from its file: ``import app.buffering_worker`` would run
     ``app/__init__`` (Flask, NumPy, ...) in the master, which should stay small and must never
-    import TensorFlow. The module needs only gunicorn and the standard library."""
+    import TensorFlow. The module needs only gunicorn and the standard library. Its settings
+    are read here, with the rest of the server's."""
     path = Path(__file__).resolve().parent / "app" / "buffering_worker.py"
     spec = importlib.util.spec_from_file_location("cxr_buffering_worker", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.BufferingThreadWorker
+    worker = module.BufferingThreadWorker
+    worker.request_read_timeout = setting(os.environ, "REQUEST_READ_TIMEOUT", module.DEFAULT_READ_TIMEOUT_S,
+                                          parse_float, positive=True)
+    worker.request_buffer_mb = setting(os.environ, "REQUEST_BUFFER_MB", module.DEFAULT_BUFFER_MB,
+                                       parse_float, positive=True)
+    return worker
 
 
 def _open_files_limit() -> int:
@@ -61,20 +71,21 @@ def _open_files_limit() -> int:
     return soft
 
 
-bind = f"{os.environ.get('HOST', '0.0.0.0')}:{int(os.environ.get('PORT', '8080'))}"
-worker_class = os.environ.get("GUNICORN_WORKER_CLASS") or _buffering_worker()
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+_env = os.environ
+bind = f"{setting(_env, 'HOST', '0.0.0.0')}:{setting(_env, 'PORT', 8080, parse_int, minimum=1)}"
+worker_class = setting(_env, "GUNICORN_WORKER_CLASS", None) or _buffering_worker()
+workers = setting(_env, "WEB_CONCURRENCY", 1, parse_int, minimum=1)
+threads = setting(_env, "GUNICORN_THREADS", 4, parse_int, minimum=1)
 # Each connection is one file descriptor; leave room for the model, logs and pipes.
-worker_connections = max(16, min(int(os.environ.get("GUNICORN_WORKER_CONNECTIONS", "1000")),
+worker_connections = max(16, min(setting(_env, "GUNICORN_WORKER_CONNECTIONS", 1000, parse_int, minimum=1),
                                  _open_files_limit() - 128))
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
+timeout = setting(_env, "GUNICORN_TIMEOUT", 120, parse_int, minimum=1)
+graceful_timeout = setting(_env, "GUNICORN_GRACEFUL_TIMEOUT", 30, parse_int, minimum=0)
 keepalive = 5
 preload_app = False
 accesslog = None
 errorlog = "-"
-loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+loglevel = setting(_env, "LOG_LEVEL", "info").lower()
 # Bounded request lines/headers; the body limit is MAX_UPLOAD_MB, enforced by the app.
 limit_request_line = 4094
 limit_request_fields = 100

@@ -16,7 +16,7 @@ import io
 from flask import Flask, Request
 
 from app.access_log import configure_logging, install_access_log
-from app.config import load_config
+from app.config import MB, load_config, predictor_settings
 from app.errors import register_error_handlers
 from app.model_state import ModelState
 from app.security import add_security_headers
@@ -46,7 +46,7 @@ def create_app(config: dict | None = None) -> Flask:
     app.request_class = InMemoryRequest
     app.config.update(settings)
     app.config.update(
-        MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_MB"] * 1024 * 1024),
+        MAX_CONTENT_LENGTH=int(settings["MAX_UPLOAD_MB"] * MB),
         # Non-file fields (the API key). Werkzeug also applies it to each 64 KB parser
         # buffer, so it must stay well above that or every file upload gets 413.
         MAX_FORM_MEMORY_SIZE=1024 * 1024,
@@ -64,7 +64,7 @@ def create_app(config: dict | None = None) -> Flask:
     add_security_headers(app)
     install_access_log(app)
 
-    state = ModelState(settings["MODEL_PATH"])
+    state = ModelState(settings["MODEL_PATH"], **predictor_settings(settings))
     app.extensions["cxr_model"] = state
     state.start(background=settings["LOAD_MODEL_ASYNC"])
     return app

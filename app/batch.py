@@ -5,7 +5,7 @@ as ``/predict``). The answer has one item per file, in the order sent: the per-i
 of a ``/predict`` answer (built by ``app.answers.image_answer``, the same function) or
 ``{"error": {"code", "message"}}`` for that file alone, with the code ``/predict`` would
 have answered. One bad file never fails the others; the files that decode go through the
-model together (``cxr.inference.Predictor.predict_batch``).
+model together (``cxr.inference.Predictor.predict_uploads``).
 
 Limits (settings, see ``app.config``): at most ``BATCH_MAX_FILES`` files (413
 ``too_many_files``) and ``BATCH_MAX_MB`` for the whole request (413 ``batch_too_large``);
@@ -19,6 +19,7 @@ from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from app.answers import error_item, image_answer
+from app.config import MB
 from app.errors import ApiError
 from cxr.errors import InputError
 
@@ -26,7 +27,6 @@ FIELD = "files"
 # Form parts allowed beyond the files themselves (non-file fields are ignored), so that a
 # client adding a field or two does not get 413 while a flood of tiny parts still does.
 EXTRA_PARTS = 8
-MB = 1024 * 1024
 
 
 def _too_many_files(max_files: int) -> ApiError:
@@ -82,9 +82,9 @@ def read_uploads(config) -> list[bytes | dict]:
     return items
 
 
-def batch_results(predictor, items: list[bytes | dict]) -> list[dict]:
+def batch_results(predictor, items: list[bytes | dict], operating_point: str | None = None) -> list[dict]:
     """One answer item per upload, in order; the uploads still in play share one forward pass."""
-    outcomes = iter(predictor.predict_batch([item for item in items if isinstance(item, bytes)]))
+    outcomes = iter(predictor.predict_uploads([item for item in items if isinstance(item, bytes)], operating_point))
     results = []
     for item in items:
         if isinstance(item, dict):

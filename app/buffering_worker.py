@@ -86,7 +86,8 @@ class RequestFraming:
     ``BODY_TOO_LARGE`` (chunks adding up to more than ``max_body``) or ``HANDOFF``: the
     framing is one gunicorn's parser rejects, or the app answers, without reading a body
     (malformed or repeated ``Content-Length``, an unknown transfer coding, a bad chunk size,
-    a ``Content-Length`` over ``max_body``: 413), so they should get the request now. This is not a validating parser: gunicorn's parser still parses every request; this
+    a ``Content-Length`` over ``max_body``: 413), so they should get the request now. This is not a
+    validating parser: gunicorn's parser still parses every request; this
     only decides when all of it has arrived.
     """
 
@@ -240,19 +241,6 @@ def error_response(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode("latin-1") + body
 
 
-def env_number(environ, name: str, default: float) -> float:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ValueError(f"{name}={raw!r} must be positive")
-    return value
-
-
 class PrefilledUnreader(SocketUnreader):
     """gunicorn's socket reader, serving the bytes the loop already received first.
 
@@ -308,12 +296,19 @@ class _Lingering:
 
 
 class BufferingThreadWorker(ThreadWorker):
-    """``gthread`` whose event loop receives whole requests (see the module docstring)."""
+    """``gthread`` whose event loop receives whole requests (see the module docstring).
+
+    ``gunicorn.conf.py`` sets the two class settings below from ``REQUEST_READ_TIMEOUT`` and
+    ``REQUEST_BUFFER_MB`` (parsed by ``cxr.settings``): the server's settings are read there, once.
+    """
+
+    request_read_timeout = DEFAULT_READ_TIMEOUT_S
+    request_buffer_mb = DEFAULT_BUFFER_MB
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.read_timeout = env_number(os.environ, "REQUEST_READ_TIMEOUT", DEFAULT_READ_TIMEOUT_S)
-        self.buffer_limit = int(env_number(os.environ, "REQUEST_BUFFER_MB", DEFAULT_BUFFER_MB) * 2**20)
+        self.read_timeout = self.request_read_timeout
+        self.buffer_limit = int(self.request_buffer_mb * 2**20)
         self.max_body: int | None = None  # from the app's MAX_CONTENT_LENGTH once it is loaded
         self.reading: dict = {}  # conn -> _Reading, in order of deadline
         self.paused: deque[_Reading] = deque()
@@ -330,7 +325,9 @@ class BufferingThreadWorker(ThreadWorker):
     def load_wsgi(self):
         super().load_wsgi()
         config = getattr(self.wsgi, "config", None) or {}
-        self.max_body = int(config.get("MAX_CONTENT_LENGTH") or 10 * 2**20)
+        from app.config import DEFAULT_MAX_UPLOAD_MB, MB  # the app is loaded by now
+
+        self.max_body = int(config.get("MAX_CONTENT_LENGTH") or DEFAULT_MAX_UPLOAD_MB * MB)
         self.buffer_limit = max(self.buffer_limit, self.max_body + MAX_HEADER_BYTES)
         self.log.info("request reading: deadline %gs, buffer %d MiB, body <= %d MiB, %d connections",
                       self.read_timeout, self.buffer_limit // 2**20, self.max_body // 2**20,
@@ -365,7 +362,7 @@ class BufferingThreadWorker(ThreadWorker):
         if conn.parser is not None:  # bytes a previous request read ahead (pipelining)
             buf += conn.parser.unreader.take_buffered()
         now = time.monotonic()
-        state = _Reading(conn, buf, RequestFraming(self.max_body or 10 * 2**20), now, now + self.read_timeout)
+        state = _Reading(conn, buf, RequestFraming(self.max_body), now, now + self.read_timeout)
         self.reading[conn] = state
         self.held_bytes += len(buf)
         conn.sock.setblocking(False)

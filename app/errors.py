@@ -55,12 +55,14 @@ def input_status(exc: InputError) -> int:
 class ApiError(Exception):
     """An error raised by our own views, rendered as JSON or as the friendly page."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None,
+                 details: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.details = details or {}  # extra fields of the JSON error, e.g. the valid choices
 
 
 def wants_html() -> bool:
@@ -73,7 +75,8 @@ def wants_html() -> bool:
     return best == "text/html"
 
 
-def error_response(status: int, code: str, message: str, headers: dict | None = None):
+def error_response(status: int, code: str, message: str, headers: dict | None = None,
+                   details: dict | None = None):
     if wants_html():
         if request.path == "/":  # the form page shows its own errors
             response = render_index(error=message, status=status)
@@ -81,7 +84,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
             response = render_template("error.html", status=status, message=message), status
         response = make_response(response)
     else:
-        response = jsonify({"error": {"code": code, "message": message}})
+        response = jsonify({"error": {"code": code, "message": message, **(details or {})}})
         response.status_code = status
     for key, value in (headers or {}).items():
         response.headers[key] = value
@@ -91,7 +94,7 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(exc: ApiError):
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, exc.details)
 
     @app.errorhandler(InputError)
     def _input_error(exc: InputError):

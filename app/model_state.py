@@ -16,8 +16,10 @@ log = logging.getLogger("cxr.model")
 
 
 class ModelState:
-    def __init__(self, model_path: str):
+    def __init__(self, model_path: str, backend: str = "auto", threads=None):
         self.model_path = str(model_path)
+        self.backend = backend  # the predictor's settings, from the app's config (app.config)
+        self.threads = threads
         self.predictor = None
         self.error: str | None = None
         self.load_seconds: float | None = None
@@ -49,7 +51,7 @@ class ModelState:
 
         started = time.perf_counter()
         try:
-            predictor = load_predictor(self.model_path)
+            predictor = load_predictor(self.model_path, backend=self.backend, threads=self.threads)
         except Exception as exc:  # reported by /readyz; the process stays up for diagnosis
             self.error = f"{exc.__class__.__name__}: {exc}"
             log.error("model load failed: %s", self.error)

@@ -24,6 +24,8 @@ APP_CODES = {
     "no_file": (400, "multipart form without the image field (`file` on /predict and the form, "
                      "`files` on /predict/batch), or a batch that is not multipart/form-data"),
     "bad_request": (400, "a query parameter is invalid: `explain` not a boolean, `class` not a class name"),
+    "unknown_operating_point": (400, "`operating_point` names none of the model's operating points; the error "
+                                     "lists them in `operating_points`"),
     "explain_not_supported": (400, "`explain=true` on /predict/batch: explain images one by one on /predict"),
     "unauthorized": (401, "`API_KEY` is set and the request has no valid key"),
     "too_many_files": (413, "a batch with more files than `BATCH_MAX_FILES`"),
@@ -52,13 +54,14 @@ HTTP_TEXT = {
 }
 
 INPUT_CODES = tuple(INPUT_STATUS)
-PREDICT_CODES = (*INPUT_CODES, "no_file", "bad_request", "unauthorized", "payload_too_large", "not_ready",
-                 "internal_error")
-BATCH_CODES = ("no_file", "bad_request", "explain_not_supported", "unauthorized", "too_many_files",
-               "batch_too_large", "not_ready", "internal_error")
+PREDICT_CODES = (*INPUT_CODES, "no_file", "bad_request", "unknown_operating_point", "unauthorized",
+                 "payload_too_large", "not_ready", "internal_error")
+BATCH_CODES = ("no_file", "bad_request", "unknown_operating_point", "explain_not_supported", "unauthorized",
+               "too_many_files", "batch_too_large", "not_ready", "internal_error")
 # A failed batch item: what /predict would have answered for that file alone.
 BATCH_ITEM_CODES = (*INPUT_CODES, "payload_too_large")
-FORM_CODES = (*INPUT_CODES, "no_file", "unauthorized", "payload_too_large", "not_ready", "internal_error")
+FORM_CODES = (*INPUT_CODES, "no_file", "unknown_operating_point", "unauthorized", "payload_too_large", "not_ready",
+              "internal_error")
 
 
 def error_codes() -> dict[str, tuple[int, str]]:
@@ -119,6 +122,11 @@ def _schemas(max_files: int) -> dict:
                 "backend": {"type": "string", "enum": ["onnx", "tensorflow"]},
                 "input_gate": {"type": "boolean",
                                "description": "whether an input gate fitted for this exact model is in use"},
+                "calibrated": {"type": "boolean", "description": "whether P(Covid) is calibrated (Platt scaling "
+                                                                 "fitted on within-source validation films)"},
+                "operating_points": {"type": "object", "additionalProperties": {"type": "number"},
+                                     "description": "the model's named thresholds on P(Covid)"},
+                "default_operating_point": {"type": "string"},
             },
         },
         "ImageAnswer": {
@@ -130,7 +138,14 @@ def _schemas(max_files: int) -> dict:
                 "label": {"type": "string", "enum": classes},
                 "probabilities": _ref("Probabilities"),
                 "threshold": {"type": "number", "minimum": 0, "maximum": 1,
-                              "description": "decision threshold on the Covid probability (model metadata)"},
+                              "description": "decision threshold on the Covid probability: the operating "
+                                             "point's (model metadata)"},
+                "operating_point": {"type": "string",
+                                    "description": "the named operating point that decided `label` (e.g. "
+                                                   "`balanced`, `high_sensitivity`)"},
+                "calibrated": {"type": "boolean",
+                               "description": "true when `probabilities` are calibrated: among films like the "
+                                              "training ones, about that share is Covid"},
                 "inference_ms": {"type": "number", "minimum": 0,
                                  "description": "forward-pass time; in a batch, this image's share of the one pass"},
                 "in_distribution": {"type": ["boolean", "null"],
@@ -202,6 +217,8 @@ def _schemas(max_files: int) -> dict:
                     "code": {"type": "string", "enum": sorted(error_codes()),
                              "description": "stable and machine-readable; never renamed"},
                     "message": {"type": "string", "description": "for people; may change"},
+                    "operating_points": {"type": "array", "items": {"type": "string"},
+                                         "description": "with `unknown_operating_point`: the valid names"},
                 },
             }},
         },
@@ -237,6 +254,12 @@ def openapi_document(config) -> dict:
         "name": "class", "in": "query", "required": False, "schema": {"type": "string", "enum": list(CLASS_NAMES)},
         "description": "with `explain=true`: the class to explain (default: the predicted class)",
     }
+    point_param = {
+        "name": "operating_point", "in": "query", "required": False, "schema": {"type": "string"},
+        "description": "the named decision threshold to apply (`GET /readyz` lists the model's under "
+                       "`model.operating_points`; default: the model's `default_operating_point`). Also "
+                       "accepted as a multipart form field. An unknown name answers 400 `unknown_operating_point`.",
+    }
     html = {"text/html": {"schema": {"type": "string"}}}
     return {
         "openapi": OPENAPI_VERSION,
@@ -261,7 +284,7 @@ def openapi_document(config) -> dict:
                 "operationId": "predict",
                 "summary": "Classify one X-ray",
                 "description": "The image as multipart field `file` or as the raw request body.",
-                "parameters": [explain, class_param],
+                "parameters": [explain, class_param, point_param],
                 "security": security,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
@@ -285,7 +308,7 @@ def openapi_document(config) -> dict:
                 ),
                 "parameters": [{**explain, "schema": {"type": "boolean", "const": False, "default": False},
                                 "description": "only `false` is accepted: `true` answers 400 "
-                                               "`explain_not_supported` (use /predict per image)"}],
+                                               "`explain_not_supported` (use /predict per image)"}, point_param],
                 "security": security,
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["files"], "properties": {"files": {
@@ -309,6 +332,7 @@ def openapi_document(config) -> dict:
                         "type": "object", "required": ["file"], "properties": {
                             "file": _file_property(f"the X-ray: {formats}"),
                             "api_key": {"type": "string", "description": "the API key, when `API_KEY` is set"},
+                            "operating_point": {"type": "string", "description": "as the query parameter"},
                         }}}}},
                     "responses": {"200": {"description": "the page with the result", "content": html},
                                   **_error_responses(FORM_CODES, media="text/html")},

@@ -7,10 +7,11 @@ from flask import Blueprint, current_app, jsonify, request
 from app.answers import image_answer
 from app.batch import batch_results, read_uploads
 from app.errors import ApiError
-from app.explanations import explain_upload, parse_flag
+from app.explanations import explain_answer, parse_flag
 from app.openapi import openapi_document
 from app.pages import DISCLAIMER, model_state, render_index
 from app.security import key_matches, presented_key
+from cxr.calibration import UnknownOperatingPoint
 from cxr.metadata import CLASS_NAMES
 
 bp = Blueprint("web", __name__)
@@ -53,9 +54,25 @@ def _upload_bytes() -> bytes:
     return request.get_data(cache=False)
 
 
+def _operating_point(predictor) -> str | None:
+    """``operating_point`` from the query string or the form (None: the model's default);
+    an unknown name is a 400 that lists the model's operating points.
+
+    Called after the upload was read, so a batch's form limits are in force when the form is parsed.
+    """
+    name = request.args.get("operating_point")
+    if name is None and request.mimetype == "multipart/form-data":
+        name = request.form.get("operating_point")
+    try:
+        predictor.decision.operating_point(name)
+    except UnknownOperatingPoint as exc:
+        raise ApiError(400, "unknown_operating_point", str(exc), details={"operating_points": exc.known}) from None
+    return name or None
+
+
 def _classify(data: bytes) -> dict:
     predictor = _predictor()
-    result = image_answer(predictor.predict_bytes(data))
+    result = image_answer(predictor.predict_upload(data, _operating_point(predictor)))
     result["model"] = predictor.model_info()
     result["disclaimer"] = DISCLAIMER
     return result
@@ -82,7 +99,7 @@ def _classify_explained(data: bytes, explain: str | bool) -> dict:
     """The prediction and a Grad-CAM overlay (base64 PNG) from the same forward pass."""
     predictor = _predictor()
     class_name = explain if isinstance(explain, str) else None
-    result = explain_upload(predictor, data, class_name)
+    result = explain_answer(predictor, data, class_name, operating_point=_operating_point(predictor))
     result["model"] = predictor.model_info()
     result["disclaimer"] = DISCLAIMER
     return result
@@ -120,7 +137,8 @@ def predict_batch():
                        "use POST /predict?explain=true for each image you want explained.")
     items = read_uploads(current_app.config)
     predictor = _predictor()
-    return jsonify({"results": batch_results(predictor, items), "model": predictor.model_info(),
+    point = _operating_point(predictor)
+    return jsonify({"results": batch_results(predictor, items, point), "model": predictor.model_info(),
                     "disclaimer": DISCLAIMER})
 
 

@@ -60,8 +60,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
 
+    from cxr.explain import explain_upload
     from cxr.inference import load_predictor
-    from cxr import gradcam
 
     image = Path(args.image) if args.image else sorted(DEFAULT_IMAGE.glob("*.jpg"))[0]
     data = image.read_bytes()
@@ -73,8 +73,11 @@ def main(argv=None) -> int:
             export(model, images=2, log=lambda *a: None)
         predictor = load_predictor(model, backend=args.backend)
         source = predictor
-        plain, explained = interleaved_ms(lambda: predictor.predict_bytes(data),
-                                          lambda: gradcam.explain_bytes(source, data), args.repeats)
+        def explain_and_draw():
+            exp, gray = explain_upload(source, data)
+            return exp.overlay_png(gray)
+
+        plain, explained = interleaved_ms(lambda: predictor.predict_upload(data), explain_and_draw, args.repeats)
     result = {"model": str(args.model or f"random {args.head} {args.size}px"), "image": image.name,
               "backend": predictor.backend,
               "predict_ms": round(plain, 2), "explain_ms": round(explained, 2),

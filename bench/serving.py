@@ -5,7 +5,7 @@
 
 In one run, on one machine, with a real model and real X-rays it measures:
 
-1. the bare forward pass of the app's own inference call (``Predictor.predict_array``),
+1. the bare forward pass of the app's own inference call (``Predictor.predict_prepared``),
    per backend, each in a fresh process (which also gives load time and RSS);
 2. decode + preprocess alone (``Predictor.preprocess``, the shared preprocessing);
 3. ``/predict`` over HTTP on loopback, with the app started exactly as ``make run`` starts
@@ -34,8 +34,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from tests.web_support import GUNICORN_COMMAND, GunicornServer, multipart  # noqa: E402 (needs ROOT on sys.path)
 
 DEFAULT_MODEL = ROOT / "models" / "covid_resnet50.h5"
 FALLBACK_MODEL = ROOT / "bench" / ".model" / "bench_resnet50.h5"
@@ -110,12 +110,6 @@ def sample_images(data_dir: Path, count: int) -> list[Path]:
     return pick(data_dir, count)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def floor_ms(input_size: int, cores: int, gflops_per_core: float) -> float:
     gflop = RESNET50_GFLOP_224 * (input_size / 224) ** 2
     return gflop / (cores * gflops_per_core) * 1000
@@ -161,16 +155,16 @@ def child_forward(model: str, backend: str, images: list[str], repeats: int) -> 
     predictor = load_predictor(model, backend=backend)
     load_s = time.perf_counter() - started
     payloads = [Path(p).read_bytes() for p in images]
-    arrays = [predictor.preprocess(b) for b in payloads]
+    arrays = [predictor.prepare(b).array for b in payloads]
     for a in arrays[:2]:
-        predictor.predict_array(a)  # warm caches beyond load_predictor's own warm-up
+        predictor.predict_prepared([a])  # warm caches beyond load_predictor's own warm-up
     forward, preprocess = [], []
     for _ in range(repeats):
         for data, array in zip(payloads, arrays):
             t0 = time.perf_counter()
-            predictor.preprocess(data)
+            predictor.prepare(data)
             t1 = time.perf_counter()
-            predictor.predict_array(array)
+            predictor.predict_prepared([array])
             t2 = time.perf_counter()
             preprocess.append((t1 - t0) * 1000)
             forward.append((t2 - t1) * 1000)
@@ -192,8 +186,8 @@ def child_baseline(model: str, images: list[str], predicts: int) -> dict:
     """The original app's request path: Keras ``model.predict`` three times per image."""
     import numpy as np
 
-    from model_training.model import load_classifier
     from cxr.preprocessing import load_image_bytes
+    from model_training.model import load_classifier
 
     started = time.perf_counter()
     classifier = load_classifier(model)
@@ -221,50 +215,30 @@ def run_child(args: list[str], timeout: float = 600) -> dict:
 
 
 # ----------------------------------------------------------------------------- HTTP
-class Server:
-    """``make run``'s command (gunicorn -c gunicorn.conf.py app.wsgi:app) on a loopback port."""
+class Server(GunicornServer):
+    """``make run``'s server with gunicorn.conf.py's own layout (``tests.web_support``'s launcher,
+    shared with the tests), and the peak RSS of its master and of every worker watched."""
 
     def __init__(self, model: str, backend: str, extra_env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(self.port), "MODEL_PATH": model,
-                    "INFERENCE_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", "LOG_LEVEL": "warning",
-                    **(extra_env or {})}
-        self.proc: subprocess.Popen | None = None
+        super().__init__(model, workers=None, threads=None, start=False,
+                         extra_env={"INFERENCE_BACKEND": backend, "LOG_LEVEL": "warning", **(extra_env or {})})
         self.worker_peak_rss: dict[int, float] = {}
         self.master_peak_rss = 0.0
-        self._stop = threading.Event()
-        self._log = tempfile.TemporaryFile(mode="w+")
+        self._watching = threading.Event()
 
-    @staticmethod
-    def command() -> list[str]:
-        gunicorn = Path(sys.executable).with_name("gunicorn")
-        return [str(gunicorn), "-c", "gunicorn.conf.py", "app.wsgi:app"]
-
-    def start(self, timeout: float) -> float:
-        import requests
-
-        started = time.perf_counter()
-        self.proc = subprocess.Popen(self.command(), cwd=ROOT, env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+    def launch(self, timeout: float) -> float:
+        """Start it, watch its memory, and return the seconds until /readyz first answers 200."""
+        self.start()
+        self._watching.set()
         threading.Thread(target=self._watch_rss, daemon=True).start()
-        while time.perf_counter() - started < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.output()}")
-            try:
-                if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
-                    return time.perf_counter() - started
-            except requests.RequestException:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"/readyz not 200 after {timeout:.0f} s:\n{self.output()}")
+        return self.wait_ready(expected_loads=0, timeout=timeout, poll=0.05)
 
     def _watch_rss(self) -> None:
         import psutil
 
         try:
             master = psutil.Process(self.proc.pid)
-            while not self._stop.is_set():
+            while self._watching.is_set():
                 self.master_peak_rss = max(self.master_peak_rss, master.memory_info().rss / 1e6)
                 for child in master.children():
                     try:
@@ -276,32 +250,9 @@ class Server:
         except psutil.Error:
             pass
 
-    def output(self) -> str:
-        self._log.seek(0)
-        return self._log.read()[-4000:]
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-
-def multipart(data: bytes, boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
-    """The body a browser or ``curl -F file=@x.jpg`` sends, encoded once up front."""
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"xray.jpg\"\r\n"
-            f"Content-Type: image/jpeg\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    def stop(self, timeout: float = 30.0) -> int | None:
+        self._watching.clear()
+        return super().stop(timeout)
 
 
 def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, keep_latencies: bool = False) -> dict:
@@ -314,7 +265,7 @@ def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, keep
     from urllib.parse import urlsplit
 
     host, port = urlsplit(url).hostname, urlsplit(url).port
-    bodies = [multipart(p) for p in payloads]
+    bodies = [multipart([("xray.jpg", p)]) for p in payloads]
     latencies: list[float] = []
     errors: dict[str, int] = {}
     lock = threading.Lock()
@@ -368,13 +319,6 @@ def load(url: str, payloads: list[bytes], concurrency: int, seconds: float, keep
     }
 
 
-def multipart_files(payloads: list[bytes], boundary: str = "cxrbenchboundary") -> tuple[bytes, str]:
-    """A ``/predict/batch`` body: the field ``files`` repeated, as ``curl -F files=@a -F files=@b`` sends."""
-    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"xray{i}.jpg\"\r\n"
-              f"Content-Type: image/jpeg\r\n\r\n").encode() + data + b"\r\n" for i, data in enumerate(payloads)]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def load_batch(url: str, payloads: list[bytes], size: int, seconds: float, keep_latencies: bool = False) -> dict:
     """One client posting ``/predict/batch`` requests of ``size`` X-rays back to back for ``seconds``.
 
@@ -385,7 +329,7 @@ def load_batch(url: str, payloads: list[bytes], size: int, seconds: float, keep_
 
     host, port = urlsplit(url).hostname, urlsplit(url).port
     # A few pre-encoded bodies, each starting at another image, so batches are not all alike.
-    bodies = [multipart_files([payloads[(start + k) % len(payloads)] for k in range(size)])
+    bodies = [multipart([(f"xray{k}.jpg", payloads[(start + k) % len(payloads)]) for k in range(size)], field="files")
               for start in range(min(len(payloads), 4))]
     latencies: list[float] = []
     errors: dict[str, int] = {}
@@ -469,7 +413,7 @@ ALT_LAYOUT = {"WEB_CONCURRENCY": "2", "INFERENCE_INTRA_OP_THREADS": "1"}
 def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, levels=(1, 4, 16),
                ready_timeout: float = 180, extra_env: dict[str, str] | None = None, batch_sizes=()) -> dict:
     with Server(model, backend, extra_env) as server:
-        ready_s = server.start(ready_timeout)
+        ready_s = server.launch(ready_timeout)
         info = __import__("requests").get(server.url + "/readyz", timeout=5).json()
         served_by = (info.get("model") or {}).get("backend")
         load(server.url, payloads, 2, 1.0)  # warm every path (and both workers' first requests)
@@ -480,7 +424,7 @@ def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, 
         server.stop()
         return {
             "backend": served_by,
-            "command": " ".join(["gunicorn", *server.command()[1:]]),
+            "command": " ".join(GUNICORN_COMMAND),
             "layout": {k: server.env.get(k, "default") for k in LAYOUT_KEYS},
             "ready_s": round(ready_s, 2),
             "workers": len(server.worker_peak_rss),
@@ -506,12 +450,13 @@ def gate_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, 
             if Path(stem + suffix).is_file():
                 Path(str(bare)[: -len(model.suffix)] + suffix).symlink_to(stem + suffix)
         with Server(str(model), backend) as gated, Server(str(bare), backend) as ungated:
-            gated.start(ready_timeout), ungated.start(ready_timeout)
+            gated.launch(ready_timeout), ungated.launch(ready_timeout)
             requests = __import__("requests")
-            flags = [requests.get(s.url + "/readyz", timeout=5).json()["model"].get("input_gate") for s in (gated, ungated)]
+            flags = [requests.get(s.url + "/readyz", timeout=5).json()["model"].get("input_gate")
+                     for s in (gated, ungated)]
             if flags != [True, False]:
                 raise RuntimeError(f"gate bench: expected input_gate true/false, the servers say {flags}")
-            bodies = [multipart(p) for p in payloads]
+            bodies = [multipart([("xray.jpg", p)]) for p in payloads]
             connections = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=120) for s in (gated, ungated)]
             latencies: list[list[float]] = [[], []]
             errors = 0
@@ -605,7 +550,7 @@ def table(results: dict) -> str:
                 r = h[level]
                 rows.append((f"HTTP {backend} {level.replace('c', 'c=')} throughput, p95",
                              f"{r['throughput_rps']:.1f} req/s, {r['p95_ms']:.0f} ms ({r['errors']} errors)"))
-        for key, run in h.get("batch", {}).items():
+        for run in h.get("batch", {}).values():
             rows.append((f"HTTP {backend} /predict/batch, {run['batch_size']} files/request, 1 client",
                          f"{run['images_per_s']:.1f} images/s vs {run['single']['images_per_s']:.1f} single, "
                          f"p50 {run['p50_ms']:.0f} ms/request ({run['errors'] + run['single']['errors']} errors)"))
@@ -698,7 +643,8 @@ def batch_section(results: dict, separate: bool = False) -> list[str]:
               "they are no fair yardstick when the load average is high. "
               f"For reference, single `/predict` calls {'in this run' if separate else 'in the runs above'}: "
               f"{c1['throughput_rps']:.1f} req/s from "
-              "one client (c=1)" + (f", {c4['throughput_rps']:.1f} req/s from four parallel clients (c=4)" if c4 else "")
+              "one client (c=1)"
+              + (f", {c4['throughput_rps']:.1f} req/s from four parallel clients (c=4)" if c4 else "")
               + ".", ""]
     return lines
 
@@ -756,7 +702,8 @@ def check_targets(results: dict) -> list[str]:
     return out
 
 
-def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
+def batch_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float],
+               out_dir: Path) -> int:
     """``--batch-only``: the batch comparison alone, merged into an existing report."""
     results["command"] += " --batch-only"
     for key in ("floor", "compute_floor_ms", "forward"):
@@ -785,7 +732,8 @@ def merge_results(out_dir: Path, key: str, results: dict, load_before: list[floa
     return json_path
 
 
-def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float], out_dir: Path) -> int:
+def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float],
+              out_dir: Path) -> int:
     """``--gate-only``: the gate comparison alone, merged into an existing report."""
     from cxr.metadata import atomic_path
 
@@ -865,14 +813,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.child:
-        kind, model, *rest = args.child
-        if kind == "forward":
-            backend, repeats, *images = rest
-            print(json.dumps(child_forward(model, backend, images, int(repeats))))
-        else:
-            predicts, *images = rest
-            print(json.dumps(child_baseline(model, images, int(predicts))))
-        return 0
+        return child_main(args.child)
 
     if args.quick:
         args.images, args.seconds, args.repeats, args.backends = min(args.images, 2), 1.0, 1, "onnx"
@@ -895,7 +836,7 @@ def main(argv=None) -> int:
     cores = usable_cores()
     results = {
         "command": "python bench/serving.py" + (" --quick" if args.quick else ""),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "model": {"path": str(model.relative_to(ROOT) if model.is_relative_to(ROOT) else model),
                   "input_size": size, "origin": origin, "sha256": sha256_file(model)},
@@ -933,16 +874,34 @@ def main(argv=None) -> int:
     results["ratios"] = ratios(results)
     results["targets"] = check_targets(results)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_report(results, out_dir)
+    return 0
+
+
+def child_main(child: list[str]) -> int:
+    """``--child forward MODEL BACKEND REPEATS IMAGE...`` or ``--child baseline MODEL PREDICTS IMAGE...``:
+    one measurement in a fresh process, printed as one JSON line."""
+    kind, model, *rest = child
+    if kind == "forward":
+        backend, repeats, *images = rest
+        print(json.dumps(child_forward(model, backend, images, int(repeats))))
+    else:
+        predicts, *images = rest
+        print(json.dumps(child_baseline(model, images, int(predicts))))
+    return 0
+
+
+def write_report(results: dict, out_dir: Path) -> None:
+    """results.json and RESULTS.md in ``out_dir``, and the table and verdicts on stdout."""
     from cxr.metadata import atomic_path, write_json_atomic
 
+    out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out_dir / "results.json", results)
     with atomic_path(out_dir / "RESULTS.md") as tmp:
         tmp.write_text(markdown(results))
     print(table(results))
     print("\n".join(results["targets"]))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def fmt_ms(values, statuses) -> str:
 
 
 def table(runs, label) -> str:
-    lines = [f"| connections ({label}) | /healthz ms (3 tries) | /predict ms (3 tries) | slow uploads ended | after (s) | worker RSS MB before → peak |",
+    lines = [f"| connections ({label}) | /healthz ms (3 tries) | /predict ms (3 tries) | slow uploads ended "
+             "| after (s) | worker RSS MB before → peak |",
              "|---|---|---|---|---|---|"]
     for r in runs:
         ended = ", ".join(f"{v}× {k}" for k, v in sorted(r["slow_uploads_ended"].items()))

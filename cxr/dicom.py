@@ -77,7 +77,7 @@ _VRS = {
 
 def supported_transfer_syntaxes() -> list[str]:
     """Names of the transfer syntaxes this installation decodes (uncompressed ones included)."""
-    from pydicom.uid import AllTransferSyntaxes, UID
+    from pydicom.uid import UID, AllTransferSyntaxes
 
     return [UID(uid).name for uid in AllTransferSyntaxes if plugins_for(UID(uid))]
 

@@ -11,10 +11,9 @@ So d(logit_c)/d(features) is a constant read from the Dense kernel:
 
 Grad-CAM = ReLU(sum_k alpha_k A_k) with alpha_k the spatial mean of that gradient, scaled
 to [0, 1]. It needs only one forward pass that also returns the features, costs a few
-NumPy operations, and works the same for every backend (TensorFlow or ONNX Runtime): the
-:func:`gradcam` core takes arrays, and any object with ``forward_features``,
-``head_weights``, ``head_type``, ``input_size`` and ``threshold`` can be explained
-(``cxr.inference.Predictor`` of either backend). Nothing here imports TensorFlow.
+NumPy operations, and works the same for every backend (TensorFlow or ONNX Runtime): this
+module holds the arithmetic on arrays and the overlay; the one explain flow that runs a
+predictor and calls it is ``cxr.explain``. Nothing here imports TensorFlow.
 
 The overlay is drawn on the uploaded image itself, at its own aspect ratio (the model's
 square input is stretched back), at most 512 px on the long side, with a perceptually
@@ -26,14 +25,9 @@ from __future__ import annotations
 
 import functools
 import io
-from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-
-from .decode import decode_image
-from .metadata import CLASS_NAMES, decide
-from .preprocessing import preprocess_gray
 
 HEAD_TYPES = ("gap", "flatten")
 COLORMAPS = ("inferno", "viridis", "magma", "plasma", "cividis")
@@ -126,54 +120,3 @@ def png_bytes(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=3)  # ~4x faster than 6, ~8% larger
     return buffer.getvalue()
-
-
-# --------------------------------------------------------------------------- adapter
-
-@dataclass
-class Explanation:
-    """A prediction plus the Grad-CAM of ``explained_class`` (heatmap at feature resolution)."""
-
-    label: str
-    probabilities: dict[str, float]
-    explained_class: str
-    heatmap: np.ndarray
-    feature_map: np.ndarray | None = None  # (h, w, C): what the input gate reads too
-
-    def overlay_png(self, gray: np.ndarray, opacity: float = DEFAULT_OPACITY,
-                    max_side: int = MAX_SIDE, colormap: str = "inferno") -> bytes:
-        return png_bytes(overlay(gray, self.heatmap, opacity=opacity, max_side=max_side,
-                                 colormap=colormap))
-
-
-def explain_gray(source, gray: np.ndarray, class_name: str | None = None,
-                 model_input: np.ndarray | None = None) -> Explanation:
-    """Explain one decoded image with a feature source (a ``cxr.inference.Predictor``).
-
-    ``class_name`` None means the predicted label (Covid when its probability reaches the
-    model's threshold, as the app decides). ``model_input``: ``gray`` already preprocessed, when
-    the caller has it (the app's explain path, which also hands it to the input gate).
-    """
-    names = tuple(getattr(source, "class_names", CLASS_NAMES))
-    if class_name is not None and class_name not in names:
-        raise ValueError(f"class must be one of {names}, not {class_name!r}")
-    if model_input is None:
-        model_input = preprocess_gray(gray, source.input_size)
-    batch = model_input[np.newaxis]
-    probs, features = source.forward_features(batch)
-    probabilities = {n: float(p) for n, p in zip(names, np.asarray(probs)[0])}
-    label = decide(probabilities, source.threshold, names)
-    target = class_name or label
-    kernel, _bias = source.head_weights()
-    features = np.asarray(features)[0]
-    head = head_type_for(kernel, features.shape, getattr(source, "head_type", None))
-    heatmap = gradcam(features, kernel, names.index(target), head)
-    return Explanation(label, probabilities, target, heatmap, features)
-
-
-def explain_bytes(source, data: bytes, class_name: str | None = None, *,
-                  opacity: float = DEFAULT_OPACITY, max_side: int = MAX_SIDE) -> tuple[Explanation, bytes]:
-    """Upload bytes (PNG, JPEG or DICOM) -> (explanation, overlay PNG bytes)."""
-    gray = decode_image(data)
-    explanation = explain_gray(source, gray, class_name)
-    return explanation, explanation.overlay_png(gray, opacity=opacity, max_side=max_side)

@@ -4,8 +4,9 @@ Two backends run the same trained ``.h5``:
 
 * ``onnx``: ONNX Runtime on ``<model>.onnx``, the export ``model_training.export`` derives
   from the ``.h5`` and verifies against Keras (``make export``, the Docker build); this module
-  only checks that it is current (``cxr.onnx_status``) and never converts anything. About twice as fast as TensorFlow on CPU, ready
-  in about a second, a third of the memory, and this module never imports TensorFlow for it.
+  only checks that it is current (``cxr.onnx_status``) and never converts anything. About twice
+  as fast as TensorFlow on CPU, ready in about a second, a third of the memory, and this module
+  never imports TensorFlow for it.
 * ``tensorflow``: the Keras model wrapped in a ``tf.function`` with a fixed input signature
   (``model.predict`` builds a data pipeline per call and costs about twice the forward pass).
 
@@ -14,18 +15,19 @@ equals the ``.h5``'s exists, else ``tensorflow``. Input size, class names and th
 from the model's own sidecar metadata. Both backends also expose the last convolutional
 feature map and the Dense head's weights, which is all Grad-CAM needs.
 
-Environment (read when a predictor is loaded):
+Settings (values, never read from the environment here: the app's config, gunicorn's and the
+CLIs' arguments pass them in; ``app.config`` documents the environment variables):
 
-=============================  =======  ==================================================
-``INFERENCE_BACKEND``          auto     ``auto``, ``onnx`` or ``tensorflow``
-``INFERENCE_INTRA_OP_THREADS`` 0        threads one forward pass uses; 0 = all usable cores
-``INFERENCE_INTER_OP_THREADS`` 1        independent graph branches run in parallel (ResNet50
-                                        is a chain: 1 avoids idle thread pools)
-``INFERENCE_SPIN``             0        ONNX Runtime threads spin-wait for work (1) or sleep
-                                        (0): spinning burns the core another worker needs
-``INFERENCE_CONCURRENCY``      0        most forward passes one process runs at once (0 = no
-                                        limit, i.e. up to gunicorn's threads); 1 bounds memory
-=============================  =======  ==================================================
+==================  =======  ==============================================================
+``backend``         auto     ``auto``, ``onnx`` or ``tensorflow``
+``intra_op``        0        threads one forward pass uses; 0 = all usable cores
+``inter_op``        1        independent graph branches run in parallel (ResNet50 is a chain:
+                             1 avoids idle thread pools)
+``spin``            False    ONNX Runtime threads spin-wait for work or sleep: spinning burns
+                             the core another worker needs
+``concurrency``     0        most forward passes one process runs at once (0 = no limit, i.e.
+                             up to gunicorn's threads); 1 bounds memory
+==================  =======  ==============================================================
 
 Measured on the shared 2-core machine (bench/): spinning threads doubled the latency (the
 cores are shared); with 4 gunicorn threads, letting concurrent passes share ONNX Runtime's
@@ -43,10 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .calibration import DecisionRule
 from .errors import InputError, NotAChestXray, UndecodableImage
 from .gate import Gate, Verdict, load_gate
 from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_metadata, sha256_file
-from .preprocessing import PreparedImage, load_image_bytes, prepare_image_bytes
+from .preprocessing import PreparedImage, prepare_image_bytes
 
 BACKENDS = ("auto", "onnx", "tensorflow")
 
@@ -54,11 +57,13 @@ BACKENDS = ("auto", "onnx", "tensorflow")
 @dataclass
 class Prediction:
     label: str
-    probabilities: dict[str, float]
+    probabilities: dict[str, float]  # calibrated when the model has a calibration (cxr.calibration)
     threshold: float
     inference_ms: float
     verdict: Verdict | None = None  # the input gate's reading; None when the model has no gate
     warnings: list[dict] = field(default_factory=list)
+    operating_point: str = "default"  # the named threshold that decided the label
+    calibrated: bool = False
 
     @property
     def in_distribution(self) -> bool | None:
@@ -69,6 +74,8 @@ class Prediction:
             "label": self.label,
             "probabilities": self.probabilities,
             "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "calibrated": self.calibrated,
             "inference_ms": round(self.inference_ms, 2),
             "in_distribution": self.in_distribution,
             "warnings": self.warnings,
@@ -84,7 +91,7 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ThreadSettings:
-    """Per-process thread pools; see the module docstring for the environment variables."""
+    """Per-process thread pools (see the module docstring); :meth:`resolve` turns 0 into all cores."""
 
     intra_op: int
     inter_op: int
@@ -92,14 +99,10 @@ class ThreadSettings:
     concurrency: int = 0  # 0 = no limit
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "ThreadSettings":
-        intra = _env_int(environ, "INFERENCE_INTRA_OP_THREADS", 0)
-        return cls(
-            intra_op=intra if intra > 0 else usable_cores(),
-            inter_op=max(1, _env_int(environ, "INFERENCE_INTER_OP_THREADS", 1)),
-            spin=environ.get("INFERENCE_SPIN", "0").strip().lower() in ("1", "true", "yes"),
-            concurrency=max(0, _env_int(environ, "INFERENCE_CONCURRENCY", 0)),
-        )
+    def resolve(cls, intra_op: int = 0, inter_op: int = 1, spin: bool = False, concurrency: int = 0,
+                ) -> ThreadSettings:
+        return cls(intra_op=intra_op if intra_op > 0 else usable_cores(), inter_op=max(1, inter_op),
+                   spin=bool(spin), concurrency=max(0, concurrency))
 
 
 def usable_cores() -> int:
@@ -107,16 +110,6 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return os.cpu_count() or 1
-
-
-def _env_int(environ, name: str, default: int) -> int:
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not an integer") from None
 
 
 class Predictor:
@@ -128,11 +121,12 @@ class Predictor:
         self.model_path = Path(model_path)
         self.metadata = metadata
         self.sha256 = sha256
-        self.threads = threads or ThreadSettings.from_env()
+        self.threads = threads or ThreadSettings.resolve()
         self.name = metadata.get("name", self.model_path.stem)
         self.input_size = int(metadata["input_size"])
         self.class_names = tuple(metadata.get("class_names", CLASS_NAMES))
-        self.threshold = float(metadata.get("threshold", 0.5))
+        self.decision = DecisionRule.from_metadata(metadata)  # calibration + operating points
+        self.threshold = self.decision.operating_point().threshold
         self.head_type = (metadata.get("training") or {}).get("head", "flatten")
         if self.class_names != CLASS_NAMES:
             raise ValueError(f"{model_path}: class order {self.class_names} differs from {CLASS_NAMES}")
@@ -162,71 +156,43 @@ class Predictor:
 
     def model_info(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "input_size": self.input_size,
-                "backend": self.backend, "input_gate": self.gate is not None}
+                "backend": self.backend, "input_gate": self.gate is not None,
+                "calibrated": self.decision.calibration.active,
+                "operating_points": {name: round(p.threshold, 6) for name, p in self.decision.operating_points.items()},
+                "default_operating_point": self.decision.default}
 
-    def preprocess(self, data: bytes) -> np.ndarray:
-        return load_image_bytes(data, self.input_size)
+    # -- what callers use: named by what they take ---------------------------------------
 
     def prepare(self, data: bytes) -> PreparedImage:
-        """The model input plus the cues the input gate needs (same array as :meth:`preprocess`)."""
+        """Upload bytes -> the model input plus the gate's cues: the serving preprocessing
+        (``cxr.preprocessing.prepare_image_bytes``)."""
         return prepare_image_bytes(data, self.input_size)
 
-    def predict_array(self, image: np.ndarray | PreparedImage) -> Prediction:
-        """The request path's inference: one forward pass and the input gate; raises
-        :class:`NotAChestXray` when the gate refuses the image (time spent waiting excluded)."""
-        outcome = self.predict_images([image])[0]
+    def predict_upload(self, data: bytes, operating_point: str | None = None) -> Prediction:
+        """One upload (PNG, JPEG or DICOM bytes) -> its :class:`Prediction`; raises the
+        :class:`InputError` the bytes or the input gate call for."""
+        self.decision.operating_point(operating_point)
+        outcome = self.predict_prepared([self.prepare(data)], operating_point)[0]
         if isinstance(outcome, InputError):
             raise outcome
         return outcome
 
-    def predict_images(self, images: Sequence[np.ndarray | PreparedImage]) -> list[Prediction | NotAChestXray]:
-        """Several prepared images through ONE forward pass, in order; per image its
-        :class:`Prediction` or the gate's :class:`NotAChestXray`.
-
-        With an input gate the pass also returns the last feature map, which the gate reads
-        (``cxr.gate``): no second network. Each prediction's ``inference_ms`` is its share of
-        the pass plus the gate (the total time / N). A bare array counts as gray and square.
-        """
-        if len(images) == 0:
-            return []
-        images = [i if isinstance(i, PreparedImage) else PreparedImage(i) for i in images]
-        batch = np.stack([i.array for i in images]).astype(np.float32, copy=False)
-        with self._slots:
-            started = time.perf_counter()
-            if self.gate is None:
-                probs, verdicts = self.forward(batch), [None] * len(images)
-            else:
-                probs, feature_map = self.forward_features(batch)
-        if self.gate is not None:
-            verdicts = self.gate.assess(feature_map, images)
-        elapsed = (time.perf_counter() - started) * 1000 / len(images)
-        return [v.refusal() if v is not None and not v.is_chest_xray else self.prediction_from(p, elapsed, v)
-                for p, v in zip(probs, verdicts)]
-
-    def check_input(self, feature_map: np.ndarray, image: PreparedImage) -> Verdict | None:
-        """The gate's verdict on one image whose feature map the caller already has (Grad-CAM);
-        raises :class:`NotAChestXray` when it refuses. None without a gate."""
-        if self.gate is None:
-            return None
-        verdict = self.gate.assess(np.asarray(feature_map)[:1], [image])[0]
-        if not verdict.is_chest_xray:
-            raise verdict.refusal()
-        return verdict
-
-    def predict_batch(self, payloads: Iterable[bytes]) -> list[Prediction | InputError]:
-        """Upload bytes -> per item, in order, its :class:`Prediction` or the :class:`InputError`
+    def predict_uploads(self, payloads: Iterable[bytes], operating_point: str | None = None,
+                        ) -> list[Prediction | InputError]:
+        """Many uploads -> per item, in order, its :class:`Prediction` or the :class:`InputError`
         that item raised (the web app's ``/predict/batch`` and ``model_training.predict``).
 
-        Every item is decoded and preprocessed exactly as :meth:`predict_bytes` does, one at a
+        Every item is decoded and preprocessed exactly as :meth:`predict_upload` does, one at a
         time (only the small model inputs are kept); one bad item never stops the others: an
         unexpected decoder failure becomes that item's ``UndecodableImage``. The items that
         decode go through the model together, in one forward pass.
         """
+        self.decision.operating_point(operating_point)
         results: list[Prediction | InputError | None] = []
-        arrays, slots = [], []
+        prepared, slots = [], []
         for data in payloads:
             try:
-                array = self.prepare(data)
+                image = self.prepare(data)
             except InputError as exc:
                 results.append(exc)
                 continue
@@ -237,24 +203,66 @@ class Predictor:
                 continue
             slots.append(len(results))
             results.append(None)
-            arrays.append(array)
-        for slot, outcome in zip(slots, self.predict_images(arrays)):
+            prepared.append(image)
+        for slot, outcome in zip(slots, self.predict_prepared(prepared, operating_point)):
             results[slot] = outcome
         return results
 
-    def inference_slot(self):
-        """The per-process limit on concurrent passes, for other callers of ``forward_features``
-        (Grad-CAM)."""
-        return self._slots
+    def predict_prepared(self, images: Sequence[np.ndarray | PreparedImage],
+                         operating_point: str | None = None) -> list[Prediction | NotAChestXray]:
+        """Prepared images (model inputs) through ONE forward pass, in order; per image its
+        :class:`Prediction` or the gate's :class:`NotAChestXray`.
 
-    def prediction_from(self, probs: np.ndarray, inference_ms: float, verdict: Verdict | None = None) -> Prediction:
-        probabilities = {name: float(p) for name, p in zip(self.class_names, probs)}
-        label = decide(probabilities, self.threshold, self.class_names)
+        With an input gate the pass also returns the last feature map, which the gate reads
+        (``cxr.gate``): no second network. Each prediction's ``inference_ms`` is its share of
+        the pass plus the gate (the total time / N). A bare array counts as gray and square.
+        An unknown ``operating_point`` raises :class:`cxr.calibration.UnknownOperatingPoint`
+        before any work.
+        """
+        return [outcome for outcome, _ in self._run(images, operating_point, keep_features=False)]
+
+    def predict_with_features(self, image: PreparedImage, operating_point: str | None = None,
+                              ) -> tuple[Prediction, np.ndarray]:
+        """One prepared image -> its :class:`Prediction` and its last feature map ``(h, w, C)``
+        from the same forward pass (what Grad-CAM reads: ``cxr.explain``); raises
+        :class:`NotAChestXray` when the input gate refuses the image."""
+        outcome, features = self._run([image], operating_point, keep_features=True)[0]
+        if isinstance(outcome, InputError):
+            raise outcome
+        return outcome, features
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _run(self, images, operating_point, *, keep_features: bool) -> list[tuple]:
+        self.decision.operating_point(operating_point)
+        if len(images) == 0:
+            return []
+        images = [i if isinstance(i, PreparedImage) else PreparedImage(i) for i in images]
+        batch = np.stack([i.array for i in images]).astype(np.float32, copy=False)
+        feature_map = None
+        with self._slots:
+            started = time.perf_counter()
+            if self.gate is None and not keep_features:
+                probs = self.forward(batch)
+            else:
+                probs, feature_map = self.forward_features(batch)
+        verdicts = self.gate.assess(feature_map, images) if self.gate is not None else [None] * len(images)
+        elapsed = (time.perf_counter() - started) * 1000 / len(images)
+        return [(v.refusal() if v is not None and not v.is_chest_xray
+                 else self._prediction(p, elapsed, v, operating_point),
+                 feature_map[k] if keep_features else None)
+                for k, (p, v) in enumerate(zip(probs, verdicts))]
+
+    def _prediction(self, probs: np.ndarray, inference_ms: float, verdict: Verdict | None,
+                    operating_point: str | None) -> Prediction:
+        """The answer for one image's softmax: calibrated P(Covid), decided at the operating point."""
+        point = self.decision.operating_point(operating_point)
+        p_covid = float(self.decision.calibration.apply(float(probs[0])))
+        probabilities = {self.class_names[0]: p_covid, self.class_names[1]: 1.0 - p_covid}
+        label = decide(probabilities, point.threshold, self.class_names)
         warnings = verdict.warnings() if verdict is not None else []
-        return Prediction(label, probabilities, self.threshold, inference_ms, verdict, warnings)
-
-    def predict_bytes(self, data: bytes) -> Prediction:
-        return self.predict_array(self.prepare(data))
+        return Prediction(label, probabilities, point.threshold, inference_ms, verdict, warnings,
+                          operating_point=point.name, calibrated=self.decision.calibration.active)
 
     def warm_up(self) -> None:
         """One inference on a blank image, so the first user does not pay for tracing."""
@@ -296,9 +304,8 @@ class TensorFlowPredictor(Predictor):
 
     def __init__(self, model_path, metadata, sha256, threads=None):
         super().__init__(model_path, metadata, sha256, threads)
-        import tensorflow as tf
-
         import keras
+        import tensorflow as tf
 
         try:  # only possible before TensorFlow's runtime starts (not in a process that trained)
             tf.config.threading.set_intra_op_parallelism_threads(self.threads.intra_op)
@@ -351,27 +358,28 @@ class OnnxPredictor(Predictor):
         return probs, features
 
 
-def resolve_backend(model_path: str | Path, sha256: str, requested: str | None = None) -> tuple[str, str]:
+def resolve_backend(model_path: str | Path, sha256: str, requested: str | None = "auto") -> tuple[str, str]:
     """Which backend serves ``model_path``: (backend, why). Raises for an unusable request."""
     from .onnx_status import export_status
 
-    requested = (requested or os.environ.get("INFERENCE_BACKEND") or "auto").strip().lower()
+    requested = (requested or "auto").strip().lower()
     if requested not in BACKENDS:
-        raise ValueError(f"INFERENCE_BACKEND={requested!r}: choose one of {', '.join(BACKENDS)}")
+        raise ValueError(f"backend {requested!r}: choose one of {', '.join(BACKENDS)}")
     if requested == "tensorflow":
-        return "tensorflow", "INFERENCE_BACKEND=tensorflow"
+        return "tensorflow", "backend tensorflow requested"
     valid, reason = export_status(model_path, sha256)
     if valid:
         return "onnx", f"valid ONNX export for sha256 {sha256[:12]}"
     if requested == "onnx":
-        raise RuntimeError(f"INFERENCE_BACKEND=onnx but {reason}")
+        raise RuntimeError(f"backend onnx requested but {reason}")
     return "tensorflow", reason
 
 
-def load_predictor(model_path: str | Path, backend: str | None = None, gate: bool = True) -> Predictor:
+def load_predictor(model_path: str | Path, backend: str | None = "auto", gate: bool = True,
+                   threads: ThreadSettings | None = None) -> Predictor:
     """Load the model at ``model_path`` with its sidecar metadata and warm it up.
 
-    ``backend`` overrides ``INFERENCE_BACKEND``; the choice and its reason end up in
+    ``backend`` is ``auto``, ``onnx`` or ``tensorflow``; the choice and its reason end up in
     ``predictor.backend`` and ``predictor.backend_reason``. The input gate fitted for this
     exact model (``<model>.gate.npz``, :func:`cxr.gate.load_gate`) is loaded when there is one
     (``gate=False``: never, e.g. while fitting a new gate); ``predictor.gate_reason`` says why not.
@@ -383,7 +391,7 @@ def load_predictor(model_path: str | Path, backend: str | None = None, gate: boo
     sha = sha256_file(model_path)
     chosen, reason = resolve_backend(model_path, sha, backend)
     cls = OnnxPredictor if chosen == "onnx" else TensorFlowPredictor
-    predictor = cls(model_path, metadata, sha)
+    predictor = cls(model_path, metadata, sha, threads)
     predictor.backend_reason = reason
     if gate:
         predictor.gate, predictor.gate_reason = load_gate(model_path, sha)

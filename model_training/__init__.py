@@ -6,3 +6,9 @@ Everything the web app also needs (decoding, the one preprocessing, the model's 
 predictors, Grad-CAM, the export's validity check) lives in the core package ``cxr``, which
 this package imports; the web app (``app``) never imports this package.
 """
+
+from .cli import quiet_tensorflow
+
+# The CLI modules import Keras (so TensorFlow) at their top, before their main() runs: the
+# package sets the log-level default first.
+quiet_tensorflow()

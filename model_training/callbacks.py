@@ -98,7 +98,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 "config": self.run_config,
             },
         )
-        self.log(f"  epoch {epoch + 1}: {seconds:.0f} s, {self.images_per_epoch / seconds:.2f} images/s; checkpoint saved to {self.dir}")
+        self.log(f"  epoch {epoch + 1}: {seconds:.0f} s, {self.images_per_epoch / seconds:.2f} images/s; "
+                 f"checkpoint saved to {self.dir}")
 
 
 def _float(value):

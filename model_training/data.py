@@ -59,7 +59,7 @@ class SplitFiles:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def subset(self, mask: np.ndarray) -> "SplitFiles":
+    def subset(self, mask: np.ndarray) -> SplitFiles:
         keep = np.flatnonzero(mask)
         pick = lambda seq: [seq[i] for i in keep] if seq else []  # noqa: E731
         return SplitFiles(self.name, pick(self.paths), self.labels[keep], self.skipped,
@@ -69,6 +69,34 @@ class SplitFiles:
         """Sources with images of both classes: the only ones a within-source metric exists for."""
         src = np.asarray(self.sources)
         return sorted(s for s in set(self.sources) if len(set(self.labels[src == s])) == len(CLASS_NAMES))
+
+
+@dataclass
+class OtherFiles:
+    """Films of neither class (``siim_other``: indeterminate, atypical) with their folder's name."""
+
+    paths: list[str]
+    names: list[str]
+
+    @property
+    def labels(self) -> np.ndarray:  # placeholders, so eval_dataset can batch them
+        return np.zeros(len(self.paths), dtype=np.int64)
+
+
+def list_other(data_dir: str | Path, split: str, *, limit: int | None = None, seed: int = 0) -> OtherFiles:
+    """Every image of ``data_dir/split/<name>/``, ``name`` being e.g. ``atypical`` (a stratified
+    subset of ``limit`` with ``limit``)."""
+    split_dir = Path(data_dir) / split
+    if not split_dir.is_dir():
+        raise DataError(f"Split folder {split_dir} does not exist.")
+    groups = sorted(d for d in split_dir.iterdir() if d.is_dir())
+    per_group = [sorted(str(p) for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) for d in groups]
+    if not any(per_group):
+        raise DataError(f"No images in the folders of {split_dir}.")
+    if limit is not None:
+        per_group = _stratified_subset(per_group, limit, seed)
+    return OtherFiles([p for files in per_group for p in files],
+                      [d.name for d, files in zip(groups, per_group) for _ in files])
 
 
 def find_class_dir(split_dir: Path, class_name: str) -> Path:
@@ -107,6 +135,40 @@ def disputed_files(overlap_csv: str | Path, data_dir: str | Path) -> set[str]:
                 if row["siim_label"] == "Negative for Pneumonia" and row["cxr_label"] == "covid"}
 
 
+def siim_read_cxr_files(overlap_csv: str | Path, cxr_dir: str | Path, split: str = "train") -> SplitFiles:
+    """The cxr images of ``split`` that are SIIM radiographs, labelled with SIIM's reading.
+
+    ``siim/cxr_overlap.csv`` pairs them with SIIM's study labels: "Typical Appearance" is
+    Covid and "Negative for Pneumonia" Normal, as in ``../siim``; indeterminate and atypical
+    films are left out. Both classes come from the same hospitals through the same
+    conversion, so they are fair same-source examples. Only for training: the cxr val and
+    test images must stay out of it.
+    """
+    reading = {"Typical Appearance": 0, "Negative for Pneumonia": 1}
+    cxr_dir = Path(cxr_dir)
+    with open(overlap_csv, newline="") as handle:
+        rows = sorted((row["cxr_file"], reading[row["siim_label"]]) for row in csv.DictReader(handle)
+                      if row["cxr_split"] == split and row["siim_label"] in reading)
+    rows = [(str(cxr_dir / f), label) for f, label in rows if (cxr_dir / f).is_file()]
+    if not rows:
+        raise DataError(f"No {split} image of {overlap_csv} found under {cxr_dir}.")
+    return SplitFiles(split, [p for p, _ in rows], np.array([label for _, label in rows], dtype=np.int64),
+                      sources=["siim_in_cxr"] * len(rows), folders=[cxr_dir.name] * len(rows))
+
+
+def merge_splits(*parts: SplitFiles) -> SplitFiles:
+    """One split made of several listings (e.g. a data folder plus relabelled overlap files)."""
+    return SplitFiles(
+        parts[0].name,
+        [p for part in parts for p in part.paths],
+        np.concatenate([part.labels for part in parts]),
+        skipped=[s for part in parts for s in part.skipped],
+        sources=[s for part in parts for s in part.sources],
+        folders=[f for part in parts for f in part.folders],
+        excluded=[e for part in parts for e in part.excluded],
+    )
+
+
 def list_split(
     data_dirs: str | Path | list,
     split: str,
@@ -125,14 +187,7 @@ def list_split(
     """
     dirs = [data_dirs] if isinstance(data_dirs, (str, Path)) else list(data_dirs)
     parts = [_list_one(Path(d), split, limit=limit, seed=seed, exclude=exclude or set()) for d in dirs]
-    files = SplitFiles(
-        split,
-        [p for part in parts for p in part.paths],
-        np.concatenate([part.labels for part in parts]),
-        sources=[s for part in parts for s in part.sources],
-        folders=[f for part in parts for f in part.folders],
-        excluded=[e for part in parts for e in part.excluded],
-    )
+    files = merge_splits(*parts)
     if check:
         reasons = _check_decodable(files.paths, split, log)
         files.skipped = [(p, reason) for p, reason in zip(files.paths, reasons) if reason]

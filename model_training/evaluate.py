@@ -18,18 +18,19 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import classification_report, confusion_matrix, roc_auc_score
 
+from cxr.calibration import DecisionRule, expected_calibration_error
 from cxr.metadata import CLASS_NAMES, read_metadata, update_metadata, write_json_atomic
 from cxr.preprocessing import CAFFE_MEAN_BGR
 
-from .data import DataError, disputed_files, eval_dataset, list_split
+from .calibrate import fit_decision, recall_threshold, youden_threshold
+from .data import DataError, disputed_files, eval_dataset, list_other, list_split
 
 DEFAULT_DATA_DIRS = ("../shared/data/siim", "../shared/data/cxr")
 # The occlusion audit (issue 11): what a model scores with part of every image blacked out.
@@ -59,6 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--target-recall", type=float, default=None,
                    help="choose the threshold on the val split (sources with both classes) reaching this Covid "
                    "recall, store it in the model metadata")
+    p.add_argument("--calibrate", action="store_true",
+                   help="first fit Platt calibration and the operating points (balanced, high_sensitivity) on the "
+                   "val split of the sources with both classes and store them in the model's sidecar")
+    p.add_argument("--other-dir", metavar="DIR", default=None,
+                   help="also score this split of a folder of films that are neither class (e.g. "
+                   "../shared/data/siim_other: indeterminate/ and atypical/) and report how often each is called Covid")
     p.add_argument("--youden", action="store_true",
                    help="instead of --target-recall: choose the threshold on the same val images that maximises "
                    "sensitivity + specificity (Youden's J)")
@@ -68,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-occlusion", dest="occlusion", action="store_false",
                    help="skip the occlusion audit (it scores every image twice more)")
     p.add_argument("--limit", type=int, default=None, help="stratified subset of N images per folder (quick checks)")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for 95%% confidence intervals (0 = none)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="bootstrap resamples for 95%% confidence intervals (0 = none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--explain-samples", type=int, default=0, metavar="N",
                    help="also save a grid of N images of the split with Grad-CAM overlays")
@@ -113,11 +121,7 @@ def predict_covid(model, files, image_size: int, batch_size: int, transform=None
 
 def choose_threshold(y_covid: np.ndarray, p_covid: np.ndarray, target_recall: float) -> float:
     """The highest threshold whose Covid recall still reaches ``target_recall``."""
-    if not 0 < target_recall <= 1:
-        raise ValueError("--target-recall must be in (0, 1]")
-    positives = np.sort(p_covid[y_covid == 1])[::-1]
-    k = math.ceil(target_recall * len(positives))
-    return float(positives[k - 1])
+    return recall_threshold(y_covid, p_covid, target_recall)
 
 
 def binary_metrics(y_covid: np.ndarray, p_covid: np.ndarray, threshold: float) -> dict:
@@ -160,53 +164,76 @@ def group_metrics(labels, p_covid, threshold, *, bootstrap: int, seed: int) -> d
 
 
 def evaluate(args: argparse.Namespace) -> dict:
-    from . import plots
+    """Score the split with the sidecar's calibration and operating points; write the report."""
     from .model import load_classifier
 
-    model_path = Path(args.model)
-    meta = read_metadata(model_path)
-    size = int(meta["input_size"])
+    model_path, out = Path(args.model), Path(args.out)
     data_dirs = [Path(d) for d in args.data_dir]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_classifier(model_path)
-
-    threshold = float(meta.get("threshold", 0.5))
-    if args.target_recall is not None or args.youden:
-        threshold = select_threshold(model, model_path, data_dirs, size, args)
+    size = int(read_metadata(model_path)["input_size"])
+    if args.calibrate:
+        fit_calibration(model, model_path, data_dirs, size, args)
+    elif args.target_recall is not None or args.youden:
+        select_threshold(model, model_path, data_dirs, size, args)
+    meta = read_metadata(model_path)
+    rule = DecisionRule.from_metadata(meta)
 
     log(f"Scoring the {args.split} split of {', '.join(map(str, data_dirs))} ...")
     files = list_split(data_dirs, args.split, limit=args.limit, seed=args.seed, log=log)
-    y_covid = (files.labels == 0).astype(int)
-    p_covid = predict_covid(model, files, size, args.batch_size)
+    p_raw = predict_covid(model, files, size, args.batch_size)
+    p_covid = rule.calibration.apply(p_raw)
     occluded = {}
     if args.occlusion:
         for mode in OCCLUSIONS:
             log(f"Occlusion audit: {mode} ({OCCLUSIONS[mode]}) ...")
-            occluded[mode] = predict_covid(model, files, size, args.batch_size, transform=occluder(mode))
+            occluded[mode] = rule.calibration.apply(
+                predict_covid(model, files, size, args.batch_size, transform=occluder(mode)))
     disputed = set()
     for d in data_dirs:
         disputed |= disputed_files(args.disputed, d) if args.disputed else set()
     is_disputed = np.array([p in disputed for p in files.paths], dtype=bool)
 
+    threshold = rule.operating_point().threshold
+    metrics = split_metrics(files, p_covid, threshold, occluded, is_disputed, data_dirs, args)
+    metrics["model"] = {"path": str(model_path), "name": meta.get("name"), "sha256": meta.get("sha256"),
+                        "input_size": size, "calibration": meta.get("calibration")}
+    metrics["class_imbalance"] = meta.get("data", {}).get("balance")
+    metrics["default_operating_point"] = rule.default
+    metrics["operating_points"] = operating_point_tables(files, p_covid, rule, args)
+    primary = np.asarray(files.folders) == data_dirs[0].name
+    y_covid = (files.labels == 0).astype(int)
+    metrics["calibration"] = calibration_table(y_covid[primary], p_raw[primary], p_covid[primary], rule)
+    if args.other_dir:
+        metrics["other_findings"] = other_findings(model, size, files, p_covid, rule, args)
+    write_json_atomic(out / "metrics.json", metrics)
+    pred_idx = np.where(p_covid >= threshold, 0, 1)
+    _write_predictions(out / "predictions.csv", files, p_covid, pred_idx, occluded, is_disputed)
+    write_figures(metrics, meta, files, y_covid, p_raw, p_covid, primary, model_path, out, args)
+    _print_summary(metrics, out)
+    return metrics
+
+
+def split_metrics(files, p_covid, threshold, occluded, is_disputed, data_dirs, args) -> dict:
+    """The headline (first data folder), per folder, per source, within-source and the occlusion audit."""
+    y_covid = (files.labels == 0).astype(int)
     folders = np.asarray(files.folders)
     primary = folders == data_dirs[0].name
     pred_idx = np.where(p_covid >= threshold, 0, 1)
     kw = dict(bootstrap=args.bootstrap, seed=args.seed)
     metrics = {
-        "model": {"path": str(model_path), "name": meta.get("name"), "sha256": meta.get("sha256"), "input_size": size},
         "data_dirs": [str(d) for d in data_dirs],
         "split": args.split,
         "threshold": threshold,
         "headline": f"{data_dirs[0].name} {args.split} split (the first --data-dir)",
         **group_metrics(files.labels[primary], p_covid[primary], threshold, **kw),
         "skipped_unreadable": [p for p, _ in files.skipped],
-        "confusion_matrix_labels": {"rows": "true " + "/".join(CLASS_NAMES), "cols": "predicted " + "/".join(CLASS_NAMES)},
+        "confusion_matrix_labels": {"rows": "true " + "/".join(CLASS_NAMES),
+                                    "cols": "predicted " + "/".join(CLASS_NAMES)},
         "classification_report": classification_report(
             files.labels[primary], pred_idx[primary], labels=[0, 1], target_names=list(CLASS_NAMES),
             output_dict=True, zero_division=0),
         "ci_method": f"percentile bootstrap over images, {args.bootstrap} resamples",
-        "class_imbalance": meta.get("data", {}).get("balance"),
         "per_folder": {},
         "per_source": per_source(files.sources, files.labels, y_covid, p_covid, pred_idx, threshold),
         "within_source": {},
@@ -239,38 +266,124 @@ def evaluate(args: argparse.Namespace) -> dict:
                        if args.bootstrap else None}
                 for mode, p in occluded.items()
             }
-    write_json_atomic(out / "metrics.json", metrics)
-    _write_predictions(out / "predictions.csv", files, p_covid, pred_idx, occluded, is_disputed)
+    return metrics
 
+
+def operating_point_tables(files, p_covid, rule: DecisionRule, args) -> dict:
+    """Sensitivity and specificity (with CIs) at every operating point, per data folder and per
+    source that holds both classes."""
+    y_covid = (files.labels == 0).astype(int)
+    groups = {f"folder {name}": np.asarray(files.folders) == name for name in dict.fromkeys(files.folders)}
+    groups |= {f"source {name}": np.asarray(files.sources) == name for name in files.two_class_sources()}
+    tables = {}
+    for name, point in rule.operating_points.items():
+        rows = {}
+        for group, mask in groups.items():
+            if len(set(y_covid[mask])) < 2:
+                continue
+            at = binary_metrics(y_covid[mask], p_covid[mask], point.threshold)
+            ci = bootstrap_ci(y_covid[mask], p_covid[mask], point.threshold, args.bootstrap, args.seed)
+            rows[group] = {k: at[k] for k in ("sensitivity", "specificity", "accuracy")} | {
+                "ci95": {k: ci[k] for k in ("sensitivity", "specificity") if k in ci}}
+        tables[name] = {"threshold": point.threshold, "description": point.description, "groups": rows}
+    return tables
+
+
+def calibration_table(y_covid, p_raw, p_covid, rule: DecisionRule) -> dict:
+    """How well P(Covid) means what it says on the headline folder: ECE and means, raw and calibrated."""
+    return {
+        "method": rule.calibration.method,
+        "bins": 10,
+        "share_covid": float(np.mean(y_covid)),
+        "raw": {"ece": expected_calibration_error(y_covid, p_raw), "mean_p_covid": float(np.mean(p_raw))},
+        "calibrated": {"ece": expected_calibration_error(y_covid, p_covid), "mean_p_covid": float(np.mean(p_covid))},
+    }
+
+
+def other_findings(model, size, files, p_covid, rule: DecisionRule, args) -> dict:
+    """What the model says on films that are neither class: ``siim_other``'s indeterminate and
+    atypical films (mostly other disease) of the same split. How often each is called Covid at
+    every operating point, and how well P(Covid) tells typical Covid films (the headline folder's
+    Covid films of sources with both classes) from them."""
+    other = list_other(args.other_dir, args.split, limit=args.limit, seed=args.seed)
+    log(f"Scoring {len(other.paths)} {args.split} films of {args.other_dir} (not Covid/Normal) ...")
+    p_other = rule.calibration.apply(predict_covid(model, other, size, args.batch_size))
+    sources = np.asarray(files.sources)
+    typical = p_covid[(files.labels == 0) & np.isin(sources, files.two_class_sources())]
+    normal = p_covid[(files.labels == 1) & np.isin(sources, files.two_class_sources())]
+    result = {"folder": str(args.other_dir), "split": args.split, "per_label": {}}
+    for name in sorted(set(other.names)):
+        p = p_other[np.asarray(other.names) == name]
+        result["per_label"][name] = {
+            "n": int(len(p)), "mean_p_covid": float(p.mean()),
+            "called_covid": {point.name: float((p >= point.threshold).mean())
+                             for point in rule.operating_points.values()},
+            "auc_typical_covid_vs_this": _auc(typical, p),
+            "auc_this_vs_normal": _auc(p, normal),
+        }
+    return result
+
+
+def _auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    if not len(positive) or not len(negative):
+        return float("nan")
+    y = np.r_[np.ones(len(positive)), np.zeros(len(negative))]
+    return float(roc_auc_score(y, np.r_[positive, negative]))
+
+
+def write_figures(metrics, meta, files, y_covid, p_raw, p_covid, primary, model_path, out, args) -> None:
+    from . import plots
+
+    threshold = metrics["threshold"]
     plots.confusion_matrix_png(np.array(metrics["confusion_matrix"]), CLASS_NAMES, out / "confusion_matrix.png")
     plots.roc_curve_png(y_covid[primary], p_covid[primary], metrics["roc_auc"], threshold, out / "roc_curve.png")
+    curves = {"calibrated": p_covid[primary], "raw network score": p_raw[primary]}
+    if metrics["calibration"]["method"] == "none":
+        curves = {"raw network score": p_raw[primary]}
+    plots.reliability_png(y_covid[primary], curves, out / "reliability.png")
     if meta.get("history"):
         history, boundaries = full_history(meta)
         plots.training_curves_png(history, out / "training_curves.png", stage_starts=boundaries)
     if args.explain_samples:
         from .explain import save_explain_grid
 
-        picks = _explain_picks(files.subset(primary), args.explain_samples)
         shown = files.subset(primary)
+        picks = _explain_picks(shown, args.explain_samples)
         save_explain_grid(model_path, [shown.paths[i] for i in picks], out / "explain_samples.png",
                           labels=[CLASS_NAMES[shown.labels[i]] for i in picks])
 
-    _print_summary(metrics, out)
-    return metrics
+
+def fit_calibration(model, model_path: Path, data_dirs, size: int, args) -> None:
+    """Platt calibration and the operating points, fitted on val (``model_training.calibrate``),
+    stored in the sidecar."""
+    val, used = _within_source_val(data_dirs, args)
+    log(f"Fitting calibration and operating points on the val split of {used} ({len(val.paths)} films) ...")
+    y_val = (val.labels == 0).astype(int)
+    fitted = fit_decision(y_val, predict_covid(model, val, size, args.batch_size), val_sources=used)
+    update_metadata(model_path, **fitted)
+    for name, point in fitted["operating_points"].items():
+        log(f"  {name}: threshold {point['threshold']:.4f} (val sensitivity {point['val_sensitivity']:.3f}, "
+            f"specificity {point['val_specificity']:.3f})")
+    cal = fitted["calibration"]
+    log(f"  Platt slope {cal['slope']:.3f}, intercept {cal['intercept']:.3f}; val ECE "
+        f"{cal['val_ece_10_bins']['raw']:.3f} -> {cal['val_ece_10_bins']['calibrated']:.3f}")
+
+
+def _within_source_val(data_dirs, args):
+    val = list_split(data_dirs, "val", limit=args.limit, seed=args.seed, log=log)
+    used = val.two_class_sources() or sorted(set(val.sources))
+    return val.subset(np.isin(val.sources, used)), used
 
 
 def select_threshold(model, model_path: Path, data_dirs, size: int, args) -> float:
     """Choose the threshold on the val images of sources with both classes, store it in the sidecar."""
     rule = "Youden's J" if args.youden else f"Covid recall >= {args.target_recall}"
     log(f"Choosing the threshold on the val split for {rule} ...")
-    val = list_split(data_dirs, "val", limit=args.limit, seed=args.seed, log=log)
-    used = val.two_class_sources() or sorted(set(val.sources))
-    val = val.subset(np.isin(val.sources, used))
+    val, used = _within_source_val(data_dirs, args)
     y_val = (val.labels == 0).astype(int)
     p_val = predict_covid(model, val, size, args.batch_size)
     if args.youden:
-        fpr, tpr, cut = roc_curve(y_val, p_val)
-        threshold = float(cut[1:][np.argmax((tpr - fpr)[1:])])  # cut[0] is +inf
+        threshold = youden_threshold(y_val, p_val)
     else:
         threshold = choose_threshold(y_val, p_val, args.target_recall)
     at_val = binary_metrics(y_val, p_val, threshold)
@@ -296,7 +409,8 @@ def full_history(meta: dict) -> tuple[dict, list[int]]:
         meta = meta.get("init_from")
     stages.reverse()
     keys = set().union(*stages)
-    history = {k: [v for stage in stages for v in stage.get(k, [float("nan")] * len(stage.get("loss", [])))] for k in keys}
+    history = {k: [v for stage in stages for v in stage.get(k, [float("nan")] * len(stage.get("loss", [])))]
+               for k in keys}
     starts, total = [], 0
     for stage in stages[:-1]:
         total += len(stage.get("loss", []))
@@ -365,8 +479,25 @@ def _print_summary(m: dict, out: Path) -> None:
             f", lungs hidden {m['occlusion_audit']['per_folder'][folder]['lungs_hidden']:.4f}, borders hidden "
             f"{m['occlusion_audit']['per_folder'][folder]['borders_hidden']:.4f}" if m["occlusion_audit"] else "")
           for folder, v in m["per_folder"].items()],
+        *_decision_lines(m),
         f"Report written to {out}/",
     ]))
+
+
+def _decision_lines(m: dict) -> list[str]:
+    """Summary lines for calibration, the operating points and the films of neither class."""
+    cal = m["calibration"]
+    lines = [f"  calibration ({cal['method']}): ECE {cal['raw']['ece']:.4f} raw -> {cal['calibrated']['ece']:.4f}; "
+             f"mean P(Covid) {cal['calibrated']['mean_p_covid']:.3f} vs share of Covid {cal['share_covid']:.3f}"]
+    for name, table in m["operating_points"].items():
+        for group, row in table["groups"].items():
+            lines.append(f"  {name} (>= {table['threshold']:.3f}) {group}: sensitivity {row['sensitivity']:.3f}, "
+                         f"specificity {row['specificity']:.3f}")
+    for label, row in (m.get("other_findings") or {}).get("per_label", {}).items():
+        called = ", ".join(f"{k} {v:.0%}" for k, v in row["called_covid"].items())
+        lines.append(f"  {label} films (n={row['n']}) called Covid: {called}; AUC typical Covid vs {label} "
+                     f"{row['auc_typical_covid_vs_this']:.3f}")
+    return lines
 
 
 def main(argv=None) -> int:

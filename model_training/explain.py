@@ -14,8 +14,11 @@ from pathlib import Path
 
 from cxr.decode import decode_image
 from cxr.errors import InputError
-from cxr.gradcam import COLORMAPS, DEFAULT_OPACITY, MAX_SIDE, explain_gray, overlay
+from cxr.explain import explain_gray, explain_upload
+from cxr.gradcam import COLORMAPS, DEFAULT_OPACITY, MAX_SIDE, overlay
 from cxr.metadata import CLASS_NAMES, FEATURES_LAYER, POSITIVE_CLASS, atomic_path
+
+from .cli import CliError, run_cli
 
 
 def head_type_of(model) -> str:
@@ -63,10 +66,15 @@ def save_explain_grid(model_path, image_paths, out_png, labels=None, *, opacity:
         ax.axis("off")
     for i, path in enumerate(image_paths):
         gray = decode_image(path.read_bytes())
-        exp = explain_gray(source, gray)
         ax = axes.flat[i]
-        ax.imshow(overlay(gray, exp.heatmap, opacity=opacity))
         truth = f"true {_title_name(labels[i])} · " if labels is not None else ""
+        try:
+            exp = explain_gray(source, gray)
+        except InputError as exc:  # the input gate refused it, as the app would
+            ax.imshow(gray, cmap="gray")
+            ax.set_title(f"{truth}refused: {exc.code}", fontsize=9)
+            continue
+        ax.imshow(overlay(gray, exp.heatmap, opacity=opacity))
         ax.set_title(f"{truth}pred {exp.label}\nP(Covid)={exp.probabilities[POSITIVE_CLASS]:.2f}",
                      fontsize=9)
     fig.suptitle(f"Grad-CAM ({FEATURES_LAYER}) of {Path(model_path).name} for the predicted class",
@@ -117,27 +125,27 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_cli(lambda: explain_file(args))
+
+
+def explain_file(args: argparse.Namespace) -> None:
+    """The CLI's work: read ``--image``, explain it, write the overlay PNG, print the answer as JSON."""
     image = Path(args.image)
     if not image.is_file():
-        print(f"error: --image {image}: no such file", file=sys.stderr)
-        return 2
-    try:
-        gray = decode_image(image.read_bytes())
-    except InputError as exc:
-        print(f"error: --image {image}: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"--image {image}: no such file")
     try:
         source = feature_source(args.model, args.backend)
     except (FileNotFoundError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    exp = explain_gray(source, gray, args.class_name)
+        raise CliError(str(exc)) from exc
+    try:
+        exp, gray = explain_upload(source, image.read_bytes(), args.class_name)
+    except InputError as exc:  # undecodable, or refused by the input gate
+        raise CliError(f"--image {image}: {exc}") from exc
     png = exp.overlay_png(gray, opacity=args.opacity, max_side=args.max_side, colormap=args.colormap)
     with atomic_path(args.out) as tmp:
         tmp.write_bytes(png)
     print(json.dumps({"label": exp.label, "probabilities": exp.probabilities,
                       "explained_class": exp.explained_class, "out": str(args.out)}))
-    return 0
 
 
 if __name__ == "__main__":

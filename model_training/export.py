@@ -16,18 +16,19 @@ The export fails (and writes nothing) when that difference exceeds the tolerance
 only compares the recorded sha256 with the ``.h5``'s (``cxr.onnx_status.export_status``, where
 the graph's input and output names live too), so a new model never meets a stale export.
 Building the export (tf2onnx) is a training-side tool: the Makefile and the Docker build's
-export stage run it; the served image holds ``cxr/`` and not this package. Only
-``export``/``main`` import TensorFlow.
+export stage run it; the served image holds ``cxr/`` and not this package. Only ``export``
+(and its steps: ``serving_function`` -> ``convert`` -> ``verify`` -> write the graph and
+``export_record``) imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import platform
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cxr.metadata import FEATURES_LAYER, atomic_path, read_metadata, sha256_file, write_json_atomic
@@ -40,6 +41,8 @@ from cxr.onnx_status import (
     export_status,
     onnx_path,
 )
+
+from .cli import quiet_tensorflow, run_cli
 
 TOLERANCE = 1e-4
 OPSET = 17
@@ -79,6 +82,23 @@ def sample_images(data_dir: str | Path, count: int) -> list[Path]:
     return picked[:count]
 
 
+@dataclass
+class Verification:
+    """Keras against ONNX Runtime on the same real X-rays."""
+
+    files: list[Path]
+    probs_shape: tuple[int, ...]  # per image, from ONNX Runtime
+    features_shape: tuple[int, ...]
+    prob_diff: float  # largest |p_keras - p_onnx|
+    feature_diff: float
+    feature_scale: float  # largest |feature| (Keras), to read feature_diff against
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.prob_diff <= self.tolerance
+
+
 def export(
     model_path: str | Path,
     *,
@@ -89,25 +109,40 @@ def export(
     log=print,
 ) -> Path:
     """Convert ``model_path`` to ONNX, verify it against Keras, write both files atomically."""
-    import numpy as np
-
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ExportError(f"model {model_path} not found")
-    meta = read_metadata(model_path)
-    size = int(meta["input_size"])
+    size = int(read_metadata(model_path)["input_size"])
     source_sha = sha256_file(model_path)
     data_dir = Path(data_dir) if data_dir else default_data_dir(model_path)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    quiet_tensorflow()
 
+    serve, spec = serving_function(model_path, size)
+    proto = convert(serve, spec, size, opset, log=log, source=model_path)
+    check = verify(proto, serve, sample_images(data_dir, images), size, tolerance)
+    log(f"Verified on {len(check.files)} real X-rays: max |p_keras - p_onnx| = {check.prob_diff:.2e} "
+        f"(tolerance {tolerance:g}); features max diff {check.feature_diff:.2e} of scale {check.feature_scale:.2e}")
+    if not check.passed:
+        raise ExportError(
+            f"ONNX export of {model_path} differs from Keras by {check.prob_diff:.3g} > {tolerance:g}; not written"
+        )
+
+    graph = onnx_path(model_path)
+    with atomic_path(graph) as tmp:
+        tmp.write_bytes(proto.SerializeToString())
+    write_json_atomic(export_meta_path(model_path),
+                      export_record(model_path, source_sha, graph, size, opset, data_dir, check))
+    log(f"Wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and {export_meta_path(model_path)}")
+    return graph
+
+
+def serving_function(model_path: Path, size: int):
+    """The classifier as a ``tf.function`` from images to (probabilities, last feature map), and
+    its input signature: what tf2onnx converts and the verification runs on the Keras side."""
     import keras
-    import onnx
-    import onnxruntime as ort
     import tensorflow as tf
-    import tf2onnx
 
     from cxr.inference import load_classifier
-    from cxr.preprocessing import load_image_bytes
 
     classifier = load_classifier(model_path)
     two_outputs = keras.Model(
@@ -120,31 +155,48 @@ def export(
         probs, features = two_outputs(image, training=False)
         return probs, features
 
-    log(f"Converting {model_path} ({size}px) to ONNX opset {opset} with tf2onnx {tf2onnx.__version__} ...")
+    return serve, spec
+
+
+def convert(serve, spec, size: int, opset: int, *, log=print, source: Path | None = None):
+    """tf2onnx's ONNX graph of ``serve``, with stable input/output names, checked by ONNX."""
+    import onnx
+    import tf2onnx
+
+    log(f"Converting {source} ({size}px) to ONNX opset {opset} with tf2onnx {tf2onnx.__version__} ...")
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
     _name_outputs(proto, size)
     onnx.checker.check_model(proto)
+    return proto
 
-    files = sample_images(data_dir, images)
+
+def verify(proto, serve, files: list[Path], size: int, tolerance: float) -> Verification:
+    """Run Keras and ONNX Runtime on the same real X-rays and measure how far apart they are."""
+    import numpy as np
+    import onnxruntime as ort
+    import tensorflow as tf
+
+    from cxr.preprocessing import load_image_bytes
+
     batch = np.stack([load_image_bytes(p.read_bytes(), size) for p in files])
     keras_probs, keras_features = (t.numpy() for t in serve(tf.constant(batch)))
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ort_probs, ort_features = session.run([PROBS_OUTPUT, FEATURES_OUTPUT], {INPUT_NAME: batch})
-    prob_diff = float(np.max(np.abs(ort_probs - keras_probs)))
-    feature_diff = float(np.max(np.abs(ort_features - keras_features)))
-    feature_scale = float(np.max(np.abs(keras_features))) or 1.0
-    passed = prob_diff <= tolerance
-    log(f"Verified on {len(files)} real X-rays: max |p_keras - p_onnx| = {prob_diff:.2e} "
-        f"(tolerance {tolerance:g}); features max diff {feature_diff:.2e} of scale {feature_scale:.2e}")
-    if not passed:
-        raise ExportError(
-            f"ONNX export of {model_path} differs from Keras by {prob_diff:.3g} > {tolerance:g}; not written"
-        )
+    return Verification(
+        files=files,
+        probs_shape=tuple(ort_probs.shape[1:]),
+        features_shape=tuple(ort_features.shape[1:]),
+        prob_diff=float(np.max(np.abs(ort_probs - keras_probs))),
+        feature_diff=float(np.max(np.abs(ort_features - keras_features))),
+        feature_scale=float(np.max(np.abs(keras_features))) or 1.0,
+        tolerance=tolerance,
+    )
 
-    graph = onnx_path(model_path)
-    with atomic_path(graph) as tmp:
-        tmp.write_bytes(proto.SerializeToString())
-    record = {
+
+def export_record(model_path: Path, source_sha: str, graph: Path, size: int, opset: int, data_dir: Path,
+                  check: Verification) -> dict:
+    """``<model>.onnx.json``: the ``.h5`` it was made from, the graph's interface, the verification."""
+    return {
         "format": EXPORT_FORMAT,
         "source": model_path.name,
         "source_sha256": source_sha,
@@ -152,29 +204,37 @@ def export(
         "onnx_sha256": sha256_file(graph),
         "input": {"name": INPUT_NAME, "shape": [None, size, size, 3], "dtype": "float32"},
         "outputs": {
-            PROBS_OUTPUT: list(ort_probs.shape[1:]),
-            FEATURES_OUTPUT: list(ort_features.shape[1:]),
+            PROBS_OUTPUT: list(check.probs_shape),
+            FEATURES_OUTPUT: list(check.features_shape),
         },
         "opset": opset,
         "verification": {
             "data_dir": str(data_dir),
-            "images": [str(p.relative_to(data_dir)) for p in files],
-            "max_abs_prob_diff": prob_diff,
-            "max_abs_feature_diff": feature_diff,
-            "feature_scale": feature_scale,
-            "tolerance": tolerance,
-            "passed": passed,
+            "images": [str(p.relative_to(data_dir)) for p in check.files],
+            "max_abs_prob_diff": check.prob_diff,
+            "max_abs_feature_diff": check.feature_diff,
+            "feature_scale": check.feature_scale,
+            "tolerance": check.tolerance,
+            "passed": check.passed,
         },
-        "versions": {
-            "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
-            "numpy": np.__version__,
-        },
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": _versions(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
-    write_json_atomic(export_meta_path(model_path), record)
-    log(f"Wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and {export_meta_path(model_path)}")
-    return graph
+
+
+def _versions() -> dict:
+    import keras
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    return {
+        "python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+        "tf2onnx": tf2onnx.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
+        "numpy": np.__version__,
+    }
 
 
 def _name_outputs(proto, size: int) -> None:
@@ -237,18 +297,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    kwargs = dict(data_dir=args.data_dir, images=args.images, tolerance=args.tolerance, opset=args.opset)
-    try:
-        if args.if_missing:
-            ensure_export(args.model, **kwargs)
-        else:
-            export(args.model, **kwargs)
-    except (ExportError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return 0
+    make = ensure_export if args.if_missing else export
+    return run_cli(lambda: make(args.model, data_dir=args.data_dir, images=args.images, tolerance=args.tolerance,
+                                opset=args.opset),
+                   errors=(ExportError, FileNotFoundError))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

@@ -5,8 +5,8 @@
         --non-cxr ../shared/data/non_cxr --out reports/covid_resnet50/gate
 
 The gate (``cxr.gate``) reads the classifier's own pooled features plus image statistics, so
-it must be fitted again whenever the classifier changes (``make gate``, ~3 minutes on 2 cores): its artefacts carry the ``.h5``'s
-sha256 and serving ignores a stale gate. Steps:
+it must be fitted again whenever the classifier changes (``make gate``, ~3 minutes on 2 cores):
+its artefacts carry the ``.h5``'s sha256 and serving ignores a stale gate. Steps:
 
 1. every image (chest X-rays of the data folders, real non-chest images, synthetic
    negatives; ``model_training.gate_data``) goes through the serving preprocessing and one
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import sys
 import time
 from collections import defaultdict
@@ -42,6 +41,7 @@ from cxr.gate import ARRAYS, GATE_FORMAT, STATS_DIM, STATS_VERSION, Gate, gate_p
 from cxr.metadata import atomic_path, read_metadata, sha256_file, write_json_atomic
 from cxr.preprocessing import prepare_image_bytes
 
+from .cli import log, run_cli
 from .gate_data import UNSEEN_SOURCES, Item, chest_items, non_cxr_items, synthetic_items
 
 FEATURE_PCS = 64   # pooled features -> this many principal components for the regression
@@ -54,7 +54,8 @@ HIDDEN, MLP_ALPHA, LR_C = 64, 1e-2, 0.01
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m model_training.gate", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 2)[2])
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 2)[2])
     p.add_argument("--model", required=True, help="the classifier (.h5) to fit the gate for")
     p.add_argument("--data-dir", action="append", default=None,
                    help="chest X-ray data folder (repeat); default: ../shared/data/cxr and ../shared/data/siim")
@@ -73,10 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "per category (quick runs and tests)")
     p.add_argument("--batch-size", type=int, default=64)
     return p.parse_args(argv)
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 # ---------------------------------------------------------------- features
@@ -119,8 +116,8 @@ def extract(predictor, items: list[Item], batch_size: int) -> dict[str, np.ndarr
 
 
 def item_keys(items: list[Item], model_sha: str) -> np.ndarray:
-    return np.array([f"{model_sha[:16]}|s{STATS_VERSION}|{it.group}|{it.category}|{it.source}|{it.split}|{it.path}|{it.seed}|{it.augment}"
-                     for it in items])
+    return np.array([f"{model_sha[:16]}|s{STATS_VERSION}|{it.group}|{it.category}|{it.source}|{it.split}|{it.path}"
+                     f"|{it.seed}|{it.augment}" for it in items])
 
 
 FIELDS = ("features", "stats", "ok", "colour", "errors")
@@ -442,14 +439,8 @@ def gate_cost_ms(gate: Gate, predictor) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: run(args), errors=(FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

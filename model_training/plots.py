@@ -66,3 +66,26 @@ def training_curves_png(history: dict, path: Path, stage_starts=()) -> None:
         ax.set_xlabel("epoch")
         ax.legend()
     _save(fig, path)
+
+
+def reliability_png(y_covid, curves: dict, path: Path, bins: int = 10) -> None:
+    """Reliability diagram: share of Covid films against mean P(Covid) per equal-width bin,
+    one line per named probability (e.g. raw and calibrated), with each one's ECE."""
+    from cxr.calibration import expected_calibration_error
+
+    y = np.asarray(y_covid, dtype=float)
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="perfectly calibrated")
+    for name, p in curves.items():
+        p = np.asarray(p, dtype=float)
+        index = np.minimum((p * bins).astype(int), bins - 1)
+        used = [b for b in range(bins) if (index == b).any()]
+        ax.plot([p[index == b].mean() for b in used], [y[index == b].mean() for b in used], marker="o",
+                label=f"{name} (ECE {expected_calibration_error(y, p, bins):.3f})")
+    ax.set_xlabel("mean P(Covid) in the bin")
+    ax.set_ylabel("share of Covid films in the bin")
+    ax.set_title(f"Reliability ({bins} equal-width bins)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    _save(fig, path)

@@ -5,14 +5,16 @@
 The model runs exactly as the web app runs it: ``cxr.inference.load_predictor`` (ONNX Runtime
 when a current export sits beside the ``.h5``, else TensorFlow; ``--backend`` overrides), the
 one preprocessing, and the batched forward pass ``/predict/batch`` uses
-(``Predictor.predict_batch``), ``--batch-size`` files at a time.
+(``Predictor.predict_uploads``), ``--batch-size`` files at a time.
 
 Folders are searched recursively in sorted order (hidden files and folders are skipped); every
 file is tried whatever its name, since the format comes from the bytes (PNG, JPEG, DICOM). A
 file that is not an image, or cannot be read, gets a row whose ``error`` is ``code: message``
 (the codes of the API) and the run goes on; so does an image the input gate (``cxr.gate``)
 refuses as not a chest X-ray (``not_a_chest_xray: ...``). Columns: ``file,label,
-probability_covid,probability_normal,threshold,in_distribution,error``; ``in_distribution``
+probability_covid,probability_normal,threshold,operating_point,in_distribution,error``:
+P(Covid) is calibrated when the model's sidecar holds a calibration, the label is decided at
+``--operating-point`` (default: the model's default, e.g. ``balanced``); ``in_distribution``
 is ``false`` when the gate finds the X-ray unlike the training data (less reliable), empty
 for a model without a gate. Without ``--out`` the CSV goes to standard output.
 
@@ -29,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "in_distribution", "error")
+COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "operating_point",
+           "in_distribution", "error")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +50,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default=None,
                    help="CSV file to write (default: standard output; the summary then goes to standard error)")
     p.add_argument("--batch-size", type=int, default=16, help="files per forward pass")
+    p.add_argument("--operating-point", default=None, metavar="NAME",
+                   help="the model's named threshold that decides the label (e.g. balanced, high_sensitivity; "
+                   "default: the model's default)")
     p.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=None,
                    help="inference backend (default: INFERENCE_BACKEND, else auto: ONNX Runtime when a "
                         "current export sits beside the model)")
@@ -117,7 +123,8 @@ class Progress:
         self.stream.flush()
 
 
-def score(predictor, files: list[Path], writer, batch_size: int, progress: Progress) -> dict:
+def score(predictor, files: list[Path], writer, batch_size: int, progress: Progress,
+          operating_point: str | None = None) -> dict:
     """Write one row per file; return counts by outcome."""
     from cxr.errors import InputError
 
@@ -132,7 +139,7 @@ def score(predictor, files: list[Path], writer, batch_size: int, progress: Progr
                 rows.append(None)
             except OSError as exc:
                 rows.append({"error": f"unreadable_file: {exc.strerror or exc.__class__.__name__}"})
-        outcomes = iter(predictor.predict_batch(payloads))
+        outcomes = iter(predictor.predict_uploads(payloads, operating_point))
         for path, row in zip(chunk, rows):
             if row is None:
                 outcome = next(outcomes)
@@ -142,6 +149,7 @@ def score(predictor, files: list[Path], writer, batch_size: int, progress: Progr
                     covid, normal = (outcome.probabilities[name] for name in predictor.class_names)
                     row = {"label": outcome.label, "probability_covid": f"{covid:.6f}",
                            "probability_normal": f"{normal:.6f}", "threshold": f"{outcome.threshold:g}",
+                           "operating_point": outcome.operating_point,
                            "in_distribution": "" if outcome.in_distribution is None
                            else str(outcome.in_distribution).lower()}
                     counts[outcome.label] += 1
@@ -164,6 +172,13 @@ def main(argv=None) -> int:
     except (OSError, ValueError, RuntimeError) as exc:
         print(f"error: --model {args.model}: {exc}", file=sys.stderr)
         return 2
+    from cxr.calibration import UnknownOperatingPoint
+
+    try:
+        predictor.decision.operating_point(args.operating_point)
+    except UnknownOperatingPoint as exc:
+        print(f"error: --operating-point: {exc}", file=sys.stderr)
+        return 2
     enabled = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()
                                         and len(files) > args.batch_size)
     progress = Progress(len(files), enabled)
@@ -172,11 +187,11 @@ def main(argv=None) -> int:
         with atomic_path(args.out) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, COLUMNS, restval="")
             writer.writeheader()
-            counts = score(predictor, files, writer, args.batch_size, progress)
+            counts = score(predictor, files, writer, args.batch_size, progress, args.operating_point)
     else:
         writer = csv.DictWriter(sys.stdout, COLUMNS, restval="")
         writer.writeheader()
-        counts = score(predictor, files, writer, args.batch_size, progress)
+        counts = score(predictor, files, writer, args.batch_size, progress, args.operating_point)
         sys.stdout.flush()
     seconds = time.perf_counter() - started
     scored = counts["files"] - counts["errors"]

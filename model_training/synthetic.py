@@ -87,7 +87,8 @@ def _noise(rng) -> Image.Image:
 def _blank(rng) -> Image.Image:
     w, h = _size(rng)
     level = rng.choice([0, 255, int(rng.integers(0, 256))])
-    colour = tuple(int(level) for _ in range(3)) if rng.random() < 0.6 else tuple(int(v) for v in rng.integers(0, 256, 3))
+    colour = (tuple(int(level) for _ in range(3)) if rng.random() < 0.6
+              else tuple(int(v) for v in rng.integers(0, 256, 3)))
     return Image.new("RGB", (w, h), colour)
 
 

@@ -58,6 +58,13 @@
     document.getElementById("bar-covid").value = data.probabilities.Covid;
     document.getElementById("bar-normal").value = data.probabilities.Normal;
     setText("threshold", data.threshold.toFixed(3));
+    setText("operating-point-used", (data.operating_point || "").replace(/_/g, " "));
+    var meaning = document.getElementById("probability-meaning");
+    meaning.dataset.calibrated = data.calibrated ? "true" : "false";
+    meaning.textContent = data.calibrated
+      ? "P(Covid) is calibrated: among films like the training ones (frontal chest X-rays of adults from the " +
+        "same kind of hospitals, typical Covid-19 pneumonia or normal), about that share is Covid."
+      : "P(Covid) is the network's score, not a calibrated probability.";
     setText("model-name", data.model.name);
     setText("model-sha", data.model.sha256.slice(0, 12));
     setText("inference-ms", data.inference_ms.toFixed(1));
@@ -105,6 +112,8 @@
   function classify(file, explain, busyText) {
     var body = new FormData();
     body.append("file", file);
+    var point = document.getElementById("operating-point");
+    if (point) { body.append("operating_point", point.value); }
     var headers = {};
     if (keyInput) { headers["X-API-Key"] = keyInput.value; }
     button.disabled = true;

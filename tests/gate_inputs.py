@@ -38,7 +38,7 @@ def out_of_distribution_xray(predictor) -> tuple[str, bytes]:
     for path in sorted((ROOT.parent / "shared" / "data" / "cxr" / "test").glob("*/*.jpg")):
         data = path.read_bytes()
         try:
-            prediction = predictor.predict_bytes(data)
+            prediction = predictor.predict_upload(data)
         except NotAChestXray:
             continue
         if prediction.in_distribution is False:

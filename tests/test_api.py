@@ -19,7 +19,7 @@ from openapi_spec_validator import validate
 import tests.xray_inputs as X
 from cxr.decode import decode_image
 from tests.test_dicom import make_dicom
-from tests.web_support import ROOT, GunicornServer
+from tests.web_support import ROOT, GunicornServer, multipart
 
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
@@ -170,7 +170,8 @@ def test_batch_requests_that_fail_as_a_whole(app, client, xrays):
     assert code(client.get("/predict/batch")) == (405, "method_not_allowed")
     with settings(app, BATCH_MAX_FILES=2):
         response = post(data={"files": [(io.BytesIO(one), f"{i}.jpg") for i in range(3)]})
-        assert code(response) == (413, "too_many_files") and "BATCH_MAX_FILES" in response.get_json()["error"]["message"]
+        assert code(response) == (413, "too_many_files")
+        assert "BATCH_MAX_FILES" in response.get_json()["error"]["message"]
         flood = {f"field{i}": "x" for i in range(20)}  # more parts than files + EXTRA_PARTS
         assert code(post(data={"files": (io.BytesIO(one), "a.jpg"), **flood})) == (413, "too_many_files")
         assert post(data={"files": [(io.BytesIO(one), f"{i}.jpg") for i in range(2)]}).status_code == 200
@@ -235,7 +236,8 @@ def test_batch_over_real_gunicorn(tiny_onnx_model, tmp_path, xrays):
                                                                    for i in range(count)], timeout=60)
         assert too_large.status_code == 413 and too_large.json()["error"]["code"] == "batch_too_large"
         # Chunked (no Content-Length): the stream limit catches it while reading.
-        body, content_type = encode_multipart([("files", big)] * count)
+        body, content_type = multipart([(f"f{i}", big) for i in range(count)], field="files",
+                                        content_type="application/octet-stream")
         chunked = requests.post(url + "/predict/batch", data=iter([body[i:i + 65536]
                                                                     for i in range(0, len(body), 65536)]),
                                 headers={"Content-Type": content_type}, timeout=60)
@@ -246,13 +248,6 @@ def test_batch_over_real_gunicorn(tiny_onnx_model, tmp_path, xrays):
     finally:
         rc = server.stop()
     assert rc == 0, server.log_text()[-2000:]
-
-
-def encode_multipart(fields: list[tuple[str, bytes]], boundary: str = "cxrtestboundary") -> tuple[bytes, str]:
-    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"f{i}\"\r\n"
-             f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n"
-             for i, (name, data) in enumerate(fields)]
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 # ---------------------------------------------------------------------------- the predict CLI
@@ -304,7 +299,7 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
                          ("normal/deeper/" + jpegs[2].name, jpegs[2]), ("patient.dcm", jpegs[0]),
                          ("normal/as.png", jpegs[2])]:
         row = by_name[name]
-        served = predictor.predict_bytes(source.read_bytes())  # what /predict answers
+        served = predictor.predict_upload(source.read_bytes())  # what /predict answers
         assert row["error"] == "" and row["label"] == served.label, name
         assert float(row["probability_covid"]) == pytest.approx(served.probabilities["Covid"], abs=1e-4), name
         assert float(row["probability_normal"]) == pytest.approx(served.probabilities["Normal"], abs=1e-4), name
@@ -318,7 +313,8 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
     piped = run_cli("--model", tiny_onnx_model, "--progress", "off", folder / "notes.txt", jpegs[0])
     assert piped.returncode == 0, piped.stderr[-3000:]
     lines = piped.stdout.strip().splitlines()
-    assert lines[0] == "file,label,probability_covid,probability_normal,threshold,in_distribution,error" and len(lines) == 3
+    assert lines[0] == "file,label,probability_covid,probability_normal,threshold,in_distribution,error"
+    assert len(lines) == 3
     assert "1 of 2 files scored" in piped.stderr
 
 

@@ -10,7 +10,6 @@ import re
 import numpy as np
 import pytest
 
-
 DISCLAIMER_WORDS = ("research demo", "not a diagnosis")
 
 
@@ -56,8 +55,8 @@ def test_predict_multipart_and_raw_body_agree(client, xray_bytes, tiny_model):
 
 def test_predict_matches_the_keras_model(client, sample_xrays, tiny_model):
     """The served answer is the model's own forward pass on the shared preprocessing."""
-    from model_training.model import load_classifier
     from cxr.preprocessing import load_image_file
+    from model_training.model import load_classifier
 
     model = load_classifier(tiny_model)
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
@@ -184,13 +183,16 @@ def test_debug_is_never_on(app, monkeypatch, tmp_path):
     assert app.debug is False
     monkeypatch.setenv("FLASK_DEBUG", "1")
     assert create_app({"MODEL_PATH": str(tmp_path / "none.h5"), "LOAD_MODEL_ASYNC": False}).debug is False
-    assert "Traceback" not in app.test_client().post("/predict", data=b"\xff\xd8\xff" + b"\0" * 99).get_data(as_text=True)
+    answer = app.test_client().post("/predict", data=b"\xff\xd8\xff" + b"\0" * 99)
+    assert "Traceback" not in answer.get_data(as_text=True)
 
 
 def test_api_key(app, client, xray_bytes, monkeypatch):
     monkeypatch.setitem(app.config, "API_KEY", "s3cret-key")
-    send = lambda **headers: client.post("/predict", data=xray_bytes, content_type="image/jpeg",
-                                         headers=headers)
+
+    def send(**headers):
+        return client.post("/predict", data=xray_bytes, content_type="image/jpeg", headers=headers)
+
     for response in (send(), send(**{"X-API-Key": "wrong"}), send(Authorization="Bearer nope"),
                      send(Authorization="Basic czNjcmV0LWtleQ==")):
         assert response.status_code == 401
@@ -258,19 +260,14 @@ def _file_writes(run):
     return result, writes
 
 
-def _multipart(data: bytes, filename: str) -> tuple[bytes, str]:
-    boundary = "----cxr-test-boundary-7f3a"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{filename}\"\r\nContent-Type: image/png\r\n\r\n").encode()
-    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
 def test_uploads_are_never_spooled_to_disk(client, sample_xrays, tmp_path, monkeypatch):
     """A multi-MB real X-ray (upscaled, uncompressed PNG) stays in memory end to end."""
     import tempfile
 
     from flask import Flask, request
     from PIL import Image
+
+    from tests.web_support import multipart
 
     with Image.open(sample_xrays["normal"][0]) as im:
         big = im.convert("L").resize((2800, 2800), Image.Resampling.BICUBIC)
@@ -285,7 +282,7 @@ def test_uploads_are_never_spooled_to_disk(client, sample_xrays, tmp_path, monke
 
     # Encode the multipart body ourselves: Werkzeug's test client would spool a large
     # body to a temp file on the *client* side and blur what the server does.
-    body, content_type = _multipart(data, "big.png")
+    body, content_type = multipart([("big.png", data)], content_type="image/png")
     response, writes = _file_writes(lambda: client.post("/predict", data=body, content_type=content_type))
     assert response.status_code == 200, response.data
     assert writes == [] and list(spool_dir.iterdir()) == []

@@ -77,7 +77,7 @@ def test_jax_trained_model_is_served_by_the_tensorflow_app(jax_model, sample_xra
     predictor = load_predictor(out, backend="tensorflow")
     model = keras.models.load_model(out, compile=False)
     path = sample_xrays["covid"][0]
-    prediction = predictor.predict_bytes(path.read_bytes())
+    prediction = predictor.predict_upload(path.read_bytes())
     direct = model.predict(load_image_file(path, 32)[None], verbose=0)[0]
     assert prediction.probabilities["Covid"] == pytest.approx(float(direct[0]), abs=1e-5)
     assert np.isclose(sum(prediction.probabilities.values()), 1.0, atol=1e-5)

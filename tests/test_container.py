@@ -24,8 +24,15 @@ import pytest
 import requests
 
 from tests.deploy_support import (
-    ROOT, context_files, copy_from_stages, copy_sources, dockerfile, env_defaults, stages,
+    ROOT,
+    context_files,
+    copy_from_stages,
+    copy_sources,
+    dockerfile,
+    env_defaults,
+    stages,
 )
+from tests.web_support import free_port
 
 pytestmark = pytest.mark.slow
 SHIPPED_MODEL = ROOT / "models" / "covid_resnet50.h5"
@@ -131,7 +138,7 @@ def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_x
     assert "gdcm" in sv1 and "gdcm-12bit" in extended and "pyjpegls" in jpeg_ls
     assert "pylibjpeg" in j2k and htj2k == ["pylibjpeg"] and "pylibjpeg" in rle
 
-    port = _free_port()
+    port = free_port()
     cmd = next(ins for ins in reversed(instructions) if ins.keyword == "CMD").exec_form()
     log = (tmp_path / "gunicorn.log").open("w+")
     server = subprocess.Popen(cmd, cwd=image, env=image_env(image_venv, docker_env, PORT=str(port), HOST="127.0.0.1"),
@@ -160,12 +167,6 @@ def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_x
     print("; ".join(notes))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_ready(url: str, server: subprocess.Popen, log, timeout: float) -> dict:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import shutil
 import subprocess
@@ -14,8 +13,17 @@ import pytest
 import yaml
 
 from tests.deploy_support import (
-    ROOT, context_files, copy_from_stages, copy_sources, dockerfile, dockerignore_patterns, env_defaults,
-    external_bases, ignored, makefile_run_command, stages,
+    ROOT,
+    context_files,
+    copy_from_stages,
+    copy_sources,
+    dockerfile,
+    dockerignore_patterns,
+    env_defaults,
+    external_bases,
+    ignored,
+    makefile_run_command,
+    stages,
 )
 
 # The flexible environment's documented app.yaml keys (cloud.google.com/appengine/docs/

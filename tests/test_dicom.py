@@ -13,6 +13,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.encaps import encapsulate  # noqa: E402
 from pydicom.uid import (  # noqa: E402
+    MPEG4HP41,
     DigitalXRayImageStorageForPresentation,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -21,7 +22,6 @@ from pydicom.uid import (  # noqa: E402
     JPEG2000MCLossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
-    MPEG4HP41,
     RLELossless,
     generate_uid,
 )
@@ -176,12 +176,12 @@ def test_same_prediction_as_the_source(tiny_model, sources):
 
     predictor = load_predictor(tiny_model)
     for jpeg, gray in sources:
-        expected = predictor.predict_bytes(jpeg)
+        expected = predictor.predict_upload(jpeg)
         for name, data in variants(gray, jpeg).items():
             np.testing.assert_array_equal(
                 load_image_bytes(data, predictor.input_size),
                 load_image_bytes(jpeg, predictor.input_size), err_msg=name)
-            got = predictor.predict_bytes(data)
+            got = predictor.predict_upload(data)
             assert got.label == expected.label, name
             for cls, p in expected.probabilities.items():
                 assert got.probabilities[cls] == pytest.approx(p, abs=1e-5), name

@@ -14,6 +14,7 @@ from PIL import Image
 
 from cxr import gradcam
 from cxr.decode import decode_image
+from cxr.explain import explain_gray, explain_upload
 from cxr.preprocessing import preprocess_gray
 from model_training import explain
 
@@ -102,7 +103,7 @@ def test_gradcam_equals_gradient_tape_flatten_head(grays):
 
 def test_heatmap_shape_range_and_not_constant(source, grays):
     for gray in grays:
-        exp = gradcam.explain_gray(source, gray)
+        exp = explain_gray(source, gray)
         assert exp.heatmap.shape == (2, 2)  # 64 px input / 32 = conv5 resolution
         assert exp.heatmap.dtype == np.float32
         assert exp.heatmap.min() >= 0 and exp.heatmap.max() <= 1
@@ -114,7 +115,7 @@ def test_heatmap_shape_range_and_not_constant(source, grays):
 def test_heatmap_changes_when_the_image_changes(source, grays):
     """Different X-rays (and a mirrored one) must not all give the same map."""
     images = grays + [np.ascontiguousarray(grays[0][:, ::-1])]
-    maps = [gradcam.explain_gray(source, g).heatmap for g in images]
+    maps = [explain_gray(source, g).heatmap for g in images]
     assert any(not np.allclose(maps[0], m) for m in maps[1:])
 
 
@@ -123,16 +124,22 @@ def test_requested_class_and_probabilities_match_the_predictor(tiny_model, sourc
 
     predictor = load_predictor(tiny_model)
     gray = grays[0]
-    plain = predictor.predict_array(preprocess_gray(gray, predictor.input_size))
-    covid = gradcam.explain_gray(source, gray, "Covid")
-    normal = gradcam.explain_gray(source, gray, "Normal")
+    plain = predictor.predict_prepared([preprocess_gray(gray, predictor.input_size)])[0]
+    covid = explain_gray(source, gray, "Covid")
+    normal = explain_gray(source, gray, "Normal")
     assert covid.label == plain.label
     for name, p in plain.probabilities.items():
         assert covid.probabilities[name] == pytest.approx(p, abs=1e-5)
     assert (covid.explained_class, normal.explained_class) == ("Covid", "Normal")
     assert not np.allclose(covid.heatmap, normal.heatmap)
     with pytest.raises(ValueError):
-        gradcam.explain_gray(source, gray, "Pneumonia")
+        explain_gray(source, gray, "Pneumonia")
+
+
+def explain_bytes(source, data: bytes):
+    """The explanation of an upload and its overlay PNG, as the API draws it."""
+    exp, gray = explain_upload(source, data)
+    return exp, exp.overlay_png(gray)
 
 
 def _png(gray: np.ndarray, size: tuple[int, int]) -> bytes:
@@ -144,7 +151,7 @@ def _png(gray: np.ndarray, size: tuple[int, int]) -> bytes:
 @pytest.mark.parametrize("size, expected", [((900, 600), (512, 341)), ((400, 700), (293, 512)),
                                             ((224, 224), (224, 224))])
 def test_overlay_png_is_valid_with_the_upload_aspect(source, grays, size, expected):
-    exp, png = gradcam.explain_bytes(source, _png(grays[1], size))
+    exp, png = explain_bytes(source, _png(grays[1], size))
     image = Image.open(io.BytesIO(png))
     image.verify()
     image = Image.open(io.BytesIO(png))
@@ -183,7 +190,7 @@ def test_dicom_upload_gives_the_same_overlay(source, sample_xrays):
     ds.PixelData = ((255 - gray.astype(np.uint16)) * 257).astype("<u2").tobytes()
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    assert gradcam.explain_bytes(source, buf.getvalue())[1] == gradcam.explain_bytes(source, jpeg)[1]
+    assert explain_bytes(source, buf.getvalue())[1] == explain_bytes(source, jpeg)[1]
 
 
 def test_save_explain_grid(tiny_model, sample_xrays, tmp_path, source):

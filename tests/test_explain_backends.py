@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from cxr import gradcam
 from cxr.decode import decode_image
+from cxr.explain import explain_gray
 from cxr.inference import load_predictor
 from model_training import explain
 from tests.web_support import ROOT
@@ -26,8 +26,8 @@ def predictors(tiny_onnx_model):
 def test_both_backends_give_the_same_explanation(predictors, sample_xrays):
     for path in sample_xrays["covid"][:2] + sample_xrays["normal"][:2]:
         gray = decode_image(path.read_bytes())
-        onnx = gradcam.explain_gray(predictors["onnx"], gray)
-        tf = gradcam.explain_gray(predictors["tensorflow"], gray)
+        onnx = explain_gray(predictors["onnx"], gray)
+        tf = explain_gray(predictors["tensorflow"], gray)
         assert onnx.label == tf.label and onnx.explained_class == tf.explained_class
         assert onnx.probabilities["Covid"] == pytest.approx(tf.probabilities["Covid"], abs=1e-4)
         np.testing.assert_allclose(onnx.heatmap, tf.heatmap, atol=1e-3)
@@ -52,6 +52,5 @@ def test_explain_on_onnx_imports_no_tensorflow(tiny_onnx_model, sample_xrays, tm
     assert out.stat().st_size > 1000
 
 
-def test_default_source_follows_the_app_backend_choice(tiny_onnx_model, monkeypatch):
-    monkeypatch.setenv("INFERENCE_BACKEND", "auto")
+def test_default_source_follows_the_app_backend_choice(tiny_onnx_model):
     assert explain.feature_source(tiny_onnx_model).backend == "onnx"

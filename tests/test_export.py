@@ -15,7 +15,7 @@ import pytest
 
 from cxr.metadata import sha256_file
 from cxr.onnx_status import FEATURES_OUTPUT, PROBS_OUTPUT, export_meta_path, export_status, onnx_path
-from model_training.export import ExportError, TOLERANCE, ensure_export, export
+from model_training.export import TOLERANCE, ExportError, ensure_export, export
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -61,8 +61,8 @@ def test_onnx_graph_matches_keras_on_real_xrays(tiny_onnx_model, sample_xrays):
     """Recomputed here, independently of the export's own record."""
     import onnxruntime as ort
 
-    from model_training.model import load_classifier
     from cxr.preprocessing import load_image_bytes
+    from model_training.model import load_classifier
 
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
     batch = np.stack([load_image_bytes(p.read_bytes(), 64) for p in paths])
@@ -85,13 +85,11 @@ def test_stale_export_is_detected(tiny_onnx_model, tmp_path):
     valid, reason = export_status(model)
     assert not valid and "stale" in reason
 
-    result = run_python("from cxr.inference import load_predictor; print(load_predictor(%r).backend)" % str(model),
-                        INFERENCE_BACKEND="auto")
+    result = run_python(f"from cxr.inference import load_predictor; print(load_predictor({str(model)!r}).backend)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "tensorflow"
 
-    forced = run_python("from cxr.inference import load_predictor; load_predictor(%r)" % str(model),
-                        INFERENCE_BACKEND="onnx")
+    forced = run_python(f"from cxr.inference import load_predictor; load_predictor({str(model)!r}, backend='onnx')")
     assert forced.returncode != 0 and "stale export" in forced.stderr
 
 
@@ -115,8 +113,8 @@ def test_ensure_export_is_a_cheap_no_op_when_current(tiny_onnx_model, tmp_path):
     model = copy_model(tiny_onnx_model, tmp_path / "current")
     before = onnx_path(model).stat().st_mtime_ns
     result = run_python(
-        "import sys; from model_training.export import ensure_export; ensure_export(%r); "
-        "print('tensorflow' in sys.modules)" % str(model))
+        f"import sys; from model_training.export import ensure_export; ensure_export({str(model)!r}); "
+        "print('tensorflow' in sys.modules)")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "False"
     assert onnx_path(model).stat().st_mtime_ns == before

@@ -59,7 +59,7 @@ def held_out(report) -> dict[str, list]:
 def outcomes(predictor, payloads: list[bytes]) -> list:
     results = []
     for start in range(0, len(payloads), 32):
-        results += predictor.predict_batch(payloads[start:start + 32])
+        results += predictor.predict_uploads(payloads[start:start + 32])
     return results
 
 
@@ -91,7 +91,7 @@ def test_refuses_the_issues_photographs_noise_and_text(predictor):
     for name, data in {**sample_photos(), "text.png": synthetic.make("text_page", 7),
                        "blank.png": encode(np.full((300, 300), 128, np.uint8))}.items():
         with pytest.raises(NotAChestXray) as refused:
-            predictor.predict_bytes(data)
+            predictor.predict_upload(data)
         assert refused.value.code == "not_a_chest_xray"
         assert "chest X-ray" in str(refused.value), name
 
@@ -103,9 +103,9 @@ def test_refuses_our_own_charts_and_page_screenshots(predictor):
     assert len(figures) >= 5
     for path in figures:
         gray = encode(np.asarray(Image.open(path).convert("L")))
-        for name, data in ((path.name, path.read_bytes()), (f"gray {path.name}", gray)):
+        for data in (path.read_bytes(), gray):  # the figure as stored, and in gray
             with pytest.raises(NotAChestXray):
-                predictor.predict_bytes(data)
+                predictor.predict_upload(data)
 
 
 def test_accepts_the_chest_xrays_of_both_test_splits(predictor, report):
@@ -149,7 +149,8 @@ def test_over_http_refusals_warnings_batch_form_and_explain(predictor, held_out,
         assert shifted["in_distribution"] is False and shifted["label"] in ("Covid", "Normal")
         warning, = shifted["warnings"]
         assert warning["code"] == "out_of_distribution" and "less reliable" in warning["message"]
-        assert warning["score"] > warning["threshold"] == pytest.approx(shifted["input_check"]["shift_threshold"], abs=1e-3)
+        shift_threshold = shifted["input_check"]["shift_threshold"]
+        assert warning["score"] > warning["threshold"] == pytest.approx(shift_threshold, abs=1e-3)
 
         # The answers with the gate's fields match the OpenAPI document the server publishes.
         spec = requests.get(url + "/openapi.json", timeout=30).json()
@@ -208,7 +209,7 @@ def test_a_gate_fitted_for_another_model_is_never_used(tmp_path, tiny_model):
     assert gate is None and "stale gate" in reason
     predictor = load_predictor(model, backend="tensorflow")
     assert predictor.gate is None and "stale" in predictor.gate_reason
-    answer = predictor.predict_bytes(synthetic.make("noise", 1)).as_dict()  # no gate: classified, said so
+    answer = predictor.predict_upload(synthetic.make("noise", 1)).as_dict()  # no gate: classified, said so
     assert answer["in_distribution"] is None and "input_check" not in answer
 
 
@@ -237,7 +238,7 @@ def test_gate_cli_fits_a_gate_that_serving_then_uses(tmp_path, tiny_onnx_model, 
     predictor = load_predictor(model)
     assert predictor.gate is not None, predictor.gate_reason
     with pytest.raises(NotAChestXray):
-        predictor.predict_bytes(synthetic.make("text_page", 3))
+        predictor.predict_upload(synthetic.make("text_page", 3))
 
 
 def test_synthetic_negatives_are_reproducible():

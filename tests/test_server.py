@@ -14,7 +14,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import psutil
 import pytest
@@ -89,7 +88,8 @@ def _load_cases(sample_xrays, expected) -> list[tuple[str, dict, int, str | None
     png = X.plain_png(src)
     bad = [
         ("empty", {"data": b""}, 400), ("no_file_field", {"files": {"other": ("a.txt", b"x")}}, 400),
-        ("random", {"data": X.random_bytes()}, 422), ("text_png", {"files": {"file": (SECRET_NAME, X.text_named_png())}}, 422),
+        ("random", {"data": X.random_bytes()}, 422),
+        ("text_png", {"files": {"file": (SECRET_NAME, X.text_named_png())}}, 422),
         ("truncated_png", {"data": X.truncated(png)}, 422), ("corrupt_scan", {"data": X.corrupt_scan_jpeg(src)}, 422),
         ("bomb", {"data": X.bomb_png()}, 413), ("tiny", {"data": X.tiny_png(src)}, 422),
         ("gif", {"data": X.other_format(src, "GIF")}, 415),
@@ -134,7 +134,7 @@ def test_bounded_load_no_5xx_and_stable_memory(server, sample_xrays, expected):
     elapsed = time.perf_counter() - started
     rss_after = rss(workers)
 
-    wrong = [(n, s, l, o) for n, s, l, o, _ in results if o[0] != s or (l is not None and o[1] != l)]
+    wrong = [(n, s, lbl, o) for n, s, lbl, o, _ in results if o[0] != s or (lbl is not None and o[1] != lbl)]
     assert not wrong, wrong[:10]
     statuses = Counter(o[0] for *_, o, _ in results)
     assert not any(isinstance(s, int) and s >= 500 for s in statuses)

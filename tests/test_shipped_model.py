@@ -34,7 +34,7 @@ def test_shipped_model_reproduces_its_report(shipped_predictor, data_dir):
     assert len(picked) == 8
     for row in picked:
         # predictions.csv names files relative to the data folders' parent (siim/test/..., cxr/test/...)
-        prediction = shipped_predictor.predict_bytes((data_dir.parent / row["file"]).read_bytes())
+        prediction = shipped_predictor.predict_upload((data_dir.parent / row["file"]).read_bytes())
         assert prediction.probabilities["Covid"] == pytest.approx(float(row["p_covid"]), abs=1e-4), row["file"]
         assert prediction.label == row["predicted_label"], row["file"]
 

@@ -18,8 +18,7 @@ import psutil
 import pytest
 import requests
 
-from app.buffering_worker import (BODY_TOO_LARGE, COMPLETE, HANDOFF, HEADERS_TOO_LARGE, NEED_MORE,
-                                  RequestFraming)
+from app.buffering_worker import BODY_TOO_LARGE, COMPLETE, HANDOFF, HEADERS_TOO_LARGE, NEED_MORE, RequestFraming
 from tests.web_support import GunicornServer, TricklingUploads
 
 READ_TIMEOUT = 3.0

@@ -174,7 +174,8 @@ def test_local_weights_file_is_loaded_and_frozen(tmp_path):
     path = tmp_path / "resnet50_notop.weights.h5"
     base.save_weights(path)
     model = build_classifier(32, weights=str(path), head="gap")
-    np.testing.assert_array_equal(model.get_layer("conv1_conv").get_weights()[0], base.get_layer("conv1_conv").get_weights()[0])
+    np.testing.assert_array_equal(model.get_layer("conv1_conv").get_weights()[0],
+                                  base.get_layer("conv1_conv").get_weights()[0])
     assert not model.get_layer("conv5_block3_3_conv").trainable
     assert model.get_layer("predictions").trainable
     tuned = build_classifier(32, weights=str(path), head="gap", fine_tune_from="conv5_block1_1_conv")

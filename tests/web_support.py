@@ -2,7 +2,8 @@
 
 ``cached_app`` loads the model once per test session (it takes seconds), whichever test
 module asks first. ``GunicornServer`` runs the real ``gunicorn -c gunicorn.conf.py
-app.wsgi:app`` on a free loopback port; ``ThreadedServer`` serves the in-process app
+app.wsgi:app`` on a free loopback port (for the tests and ``bench/``); ``multipart`` encodes
+upload bodies by hand (tests and ``bench/serving.py``); ``ThreadedServer`` serves the in-process app
 over real HTTP (for the browser test) without paying for another model load.
 ``TricklingUploads`` plays many slow-loris clients at once (tests and bench/slow_clients.py).
 """
@@ -15,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,31 +34,70 @@ def cached_app(model_path: str):
 
 
 def free_port() -> int:
+    """A loopback port free at the time of asking."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
-class GunicornServer:
-    """A real gunicorn master + workers, always stopped by the caller (``stop``)."""
+BOUNDARY = "cxr-test-boundary-7f3a"
 
-    def __init__(self, model_path, log_path: Path, workers=1, threads=2, extra_env=None):
+
+def multipart(files, *, field: str = "file", content_type: str = "image/jpeg",
+              boundary: str = BOUNDARY) -> tuple[bytes, str]:
+    """A ``multipart/form-data`` body and its ``Content-Type`` header, encoded by hand: what a
+    browser or ``curl -F field=@name`` sends for ``files``, (filename, data) pairs, one part
+    each under the one ``field`` (``/predict/batch`` repeats ``files``). Encoded once up front,
+    so benchmarks keep the client's CPU out of their latency and tests control every byte."""
+    parts = [(f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{name}\"\r\n"
+              f"Content-Type: {content_type}\r\n\r\n").encode() + data + b"\r\n" for name, data in files]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+# What ``make run`` starts; the launcher runs it as ``python -m gunicorn`` with the same interpreter.
+GUNICORN_COMMAND = ("gunicorn", "-c", "gunicorn.conf.py", "app.wsgi:app")
+
+
+class GunicornServer:
+    """``make run``'s server (gunicorn -c gunicorn.conf.py app.wsgi:app), a real master and its
+    workers on a free loopback port, for the tests and the benchmarks; always stopped by the
+    caller (``stop``, or leaving a ``with`` block).
+
+    ``workers`` and ``threads`` set ``WEB_CONCURRENCY`` and ``GUNICORN_THREADS``; None keeps
+    ``gunicorn.conf.py``'s own defaults, as ``make run`` does. ``extra_env`` overrides any
+    variable. The log goes to ``log_path`` (None: a temporary file, removed by ``stop``).
+    ``start=False`` creates it stopped, for ``start()`` later.
+    """
+
+    def __init__(self, model_path, log_path: Path | None = None, workers: int | None = 1, threads: int | None = 2,
+                 extra_env=None, *, start: bool = True):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
+        self._own_log = log_path is None
+        if log_path is None:
+            handle, log_path = tempfile.mkstemp(prefix="gunicorn-", suffix=".log")
+            os.close(handle)
         self.log_path = Path(log_path)
-        env = dict(os.environ)
-        env.update({
-            "MODEL_PATH": str(model_path), "HOST": "127.0.0.1", "PORT": str(self.port),
-            "WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": str(threads),
+        layout = {"WEB_CONCURRENCY": workers, "GUNICORN_THREADS": threads}
+        self.env = {
+            **os.environ, "MODEL_PATH": str(model_path), "HOST": "127.0.0.1", "PORT": str(self.port),
+            **{k: str(v) for k, v in layout.items() if v is not None},
             "LOG_LEVEL": "INFO", "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1",
-        })
-        env.update(extra_env or {})
+            **(extra_env or {}),
+        }
+        self.proc: subprocess.Popen | None = None
+        self.started = 0.0
+        self._log = None
+        if start:
+            self.start()
+
+    def start(self) -> None:
         self._log = open(self.log_path, "wb")
+        self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "app.wsgi:app"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            [sys.executable, "-m", *GUNICORN_COMMAND], cwd=ROOT, env=self.env, stdout=self._log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )
 
     def log_text(self) -> str:
@@ -70,9 +111,10 @@ class GunicornServer:
 
         return sorted(c.pid for c in psutil.Process(self.proc.pid).children())
 
-    def wait_ready(self, expected_loads: int | None = None, timeout: float = 240.0) -> None:
-        """Until every worker logged 'model ready' and /readyz answers 200."""
-        expected_loads = self.workers if expected_loads is None else expected_loads
+    def wait_ready(self, expected_loads: int | None = None, timeout: float = 240.0, poll: float = 0.3) -> float:
+        """Until ``expected_loads`` workers (default: every one set) logged 'model ready' and
+        /readyz answers 200; returns the seconds since the start (the benchmark's ready time)."""
+        expected_loads = (self.workers or 0) if expected_loads is None else expected_loads
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -80,17 +122,19 @@ class GunicornServer:
             if self.ready_count() >= expected_loads:
                 try:
                     if requests.get(self.url + "/readyz", timeout=5).status_code == 200:
-                        return
+                        return time.perf_counter() - self.started
                 except requests.RequestException:
                     pass
-            time.sleep(0.3)
+            time.sleep(poll)
         raise TimeoutError(f"gunicorn not ready after {timeout}s:\n{self.log_text()[-3000:]}")
 
     def terminate(self) -> None:
-        if self.proc.poll() is None:
+        if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGTERM)
 
     def stop(self, timeout: float = 45.0) -> int | None:
+        if self.proc is None:
+            return None
         try:
             self.terminate()
             return self.proc.wait(timeout)
@@ -99,6 +143,14 @@ class GunicornServer:
             return self.proc.wait(10)
         finally:
             self._log.close()
+            if self._own_log:
+                self.log_path.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 class ThreadedServer:
