@@ -186,7 +186,7 @@ def child_baseline(model: str, images: list[str], predicts: int) -> dict:
     """The original app's request path: Keras ``model.predict`` three times per image."""
     import numpy as np
 
-    from cxr.preprocessing import load_image_bytes
+    from cxr.preprocessing import load_image_file
     from model_training.model import load_classifier
 
     started = time.perf_counter()
@@ -197,7 +197,7 @@ def child_baseline(model: str, images: list[str], predicts: int) -> dict:
     per_image = []
     for path in images:
         t0 = time.perf_counter()
-        x = load_image_bytes(Path(path).read_bytes(), size)[np.newaxis]
+        x = load_image_file(path, size)[np.newaxis]
         for _ in range(predicts):
             classifier.predict(x, verbose=0)
         per_image.append((time.perf_counter() - t0) * 1000)

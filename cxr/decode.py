@@ -14,7 +14,7 @@ import numpy as np
 
 from .dicom import decode_dicom, looks_like_dataset
 from .errors import EmptyInput, NotAnImage, UnsupportedFormat
-from .images import _MAGIC, _decode_pillow, _other_image_format, check_jpeg_structure
+from .images import IMAGE_MAGIC, check_jpeg_structure, decode_pillow, other_image_format
 
 ACCEPTED_FORMATS = ("PNG", "JPEG", "DICOM")
 
@@ -31,7 +31,7 @@ def sniff_format(data: bytes) -> str | None:
     """Return the format named by the leading magic bytes, or None. "DICOM" also for bytes
     that may be a bare dataset (:func:`cxr.dicom.looks_like_dataset`): only parsing tells, and
     ``decode_image`` answers ``NotAnImage`` when it fails."""
-    for magic, name in _MAGIC:
+    for magic, name in IMAGE_MAGIC:
         if data.startswith(magic):
             return name
     if data[128:132] == b"DICM":  # DICOM Part 10: 128-byte preamble, then the magic
@@ -66,11 +66,11 @@ def _decode(data: bytes, colour: bool) -> tuple[np.ndarray, float]:
             raise _unknown(data) from None
     if fmt == "JPEG":
         check_jpeg_structure(data)
-    return _decode_pillow(data, fmt, colour=colour)
+    return decode_pillow(data, fmt, colour=colour)
 
 
 def _unknown(data: bytes) -> UnsupportedFormat | NotAnImage:
-    other = _other_image_format(data)
+    other = other_image_format(data)
     if other is not None:
         return UnsupportedFormat(
             f"{other} images are not supported. Accepted formats: {accepted_formats_text()}."

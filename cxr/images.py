@@ -21,7 +21,7 @@ from .errors import ImageTooLarge, ImageTooSmall, InputError, UndecodableImage
 MIN_SIDE = 32
 MAX_PIXELS = 50_000_000  # 50 MP: far above any X-ray export, far below a decompression bomb
 
-_MAGIC = (
+IMAGE_MAGIC = (
     (b"\x89PNG\r\n\x1a\n", "PNG"),
     (b"\xff\xd8\xff", "JPEG"),
 )
@@ -35,7 +35,7 @@ _OTHER_IMAGE_MAGIC = (
 )
 
 
-def _other_image_format(data: bytes) -> str | None:
+def other_image_format(data: bytes) -> str | None:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WebP"
     if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
@@ -131,7 +131,7 @@ def _skip_entropy_coded(data: bytes, pos: int, corrupt) -> int:
             return pos
 
 
-def _decode_pillow(data: bytes, fmt: str, colour: bool = False) -> tuple[np.ndarray, float]:
+def decode_pillow(data: bytes, fmt: str, colour: bool = False) -> tuple[np.ndarray, float]:
     """PNG/JPEG bytes -> (2-D uint8 gray, colourfulness or 0.0 without ``colour``), or raise an
     ``InputError``."""
     with warnings.catch_warnings():

@@ -1,10 +1,17 @@
 """The one image preprocessing shared by training, evaluation and the web app.
 
-Train/serve skew is the classic bug of image classifiers, so every path that turns
-bytes into a model input goes through :func:`load_image_bytes`. It uses only Pillow
-and NumPy on purpose: the web app can then serve a non-TensorFlow runtime without
-importing TensorFlow, and the training batches (``model_training.data.ImageBatches``, a
-Keras ``PyDataset``) call the very same function.
+Train/serve skew is the classic bug of image classifiers, so every path that turns an
+image into a model input goes through the same private steps, behind one entry point per use:
+
+* :func:`load_image_file`: training and evaluation, from image files (the training batches,
+  ``model_training.data.ImageBatches``, a Keras ``PyDataset``);
+* :func:`prepare_image_bytes`: serving, from upload bytes (``Predictor.prepare``); the same
+  array plus the cues the input gate reads (:class:`PreparedImage`);
+* :func:`prepare_gray`: an image already decoded (the explain flow, ``cxr.explain``, which
+  keeps the decoded image for the overlay).
+
+It uses only Pillow and NumPy on purpose: the web app can then serve a non-TensorFlow runtime
+without importing TensorFlow. A test proves the training and serving arrays identical.
 
 Steps: decode the bytes to 8-bit gray (``cxr.decode``: format from the bytes, EXIF
 orientation, 16-bit scaled by 1/257, DICOM's display pipeline), resize to a square with
@@ -27,26 +34,21 @@ PREPROCESSING_MODE = "caffe"
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-def resize_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
+def _resize_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
     """A uint8 gray image resized to (size, size) with bilinear filtering, still uint8."""
     resized = Image.fromarray(gray, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR)
     return np.asarray(resized, dtype=np.uint8)
 
 
-def model_input(small: np.ndarray) -> np.ndarray:
+def _model_input(small: np.ndarray) -> np.ndarray:
     """A resized uint8 gray image -> the model input: float32 HxWx3 with the caffe means subtracted."""
     g = small.astype(np.float32)
     return np.stack([g, g, g], axis=-1) - CAFFE_MEAN_BGR
 
 
-def preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
+def _preprocess_gray(gray: np.ndarray, image_size: int) -> np.ndarray:
     """Resize a uint8 gray image to (size, size) and apply caffe preprocessing -> float32 HxWx3."""
-    return model_input(resize_gray(gray, image_size))
-
-
-def load_image_bytes(data: bytes, image_size: int) -> np.ndarray:
-    """Bytes in, model input out: the single entry point for training and serving."""
-    return preprocess_gray(decode_image(data), image_size)
+    return _model_input(_resize_gray(gray, image_size))
 
 
 @dataclass(frozen=True)
@@ -69,16 +71,19 @@ class PreparedImage:
 
 
 def prepare_gray(gray: np.ndarray, image_size: int, colourfulness: float = 0.0) -> PreparedImage:
+    """A decoded uint8 gray image -> the model input plus the gate's cues."""
     height, width = gray.shape[:2]
-    small = resize_gray(gray, image_size)
-    return PreparedImage(model_input(small), colourfulness, width / height, small)
+    small = _resize_gray(gray, image_size)
+    return PreparedImage(_model_input(small), colourfulness, width / height, small)
 
 
 def prepare_image_bytes(data: bytes, image_size: int) -> PreparedImage:
-    """:func:`load_image_bytes` (the same array) plus the gate's cues: what serving calls."""
+    """Upload bytes (PNG, JPEG, DICOM) -> the model input plus the gate's cues: what serving calls."""
     gray, colour = decode_image_colour(data)
     return prepare_gray(gray, image_size, colour)
 
 
 def load_image_file(path: str | Path, image_size: int) -> np.ndarray:
-    return load_image_bytes(Path(path).read_bytes(), image_size)
+    """An image file -> the model input (float32 HxWx3): what training and evaluation call.
+    The same array as ``prepare_image_bytes(bytes).array``, without the gate's cues (cheaper)."""
+    return _preprocess_gray(decode_image(Path(path).read_bytes()), image_size)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from cxr.metadata import CLASS_NAMES, read_metadata, update_metadata, write_json
 from cxr.preprocessing import CAFFE_MEAN_BGR
 
 from .calibrate import fit_decision, recall_threshold, youden_threshold
+from .cli import log, run_cli
 from .data import DataError, disputed_files, eval_dataset, list_other, list_split
 
 DEFAULT_DATA_DIRS = ("../shared/data/siim", "../shared/data/cxr")
@@ -83,10 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or list(DEFAULT_DATA_DIRS)
     return args
-
-
-def log(message: str) -> None:
-    print(message, flush=True)
 
 
 def occluder(mode: str):
@@ -502,14 +498,8 @@ def _decision_lines(m: dict) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    try:
-        evaluate(args)
-    except (DataError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return run_cli(lambda: evaluate(args), errors=(DataError, FileNotFoundError, ValueError))
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     sys.exit(main())

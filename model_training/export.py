@@ -176,9 +176,9 @@ def verify(proto, serve, files: list[Path], size: int, tolerance: float) -> Veri
     import onnxruntime as ort
     import tensorflow as tf
 
-    from cxr.preprocessing import load_image_bytes
+    from cxr.preprocessing import load_image_file
 
-    batch = np.stack([load_image_bytes(p.read_bytes(), size) for p in files])
+    batch = np.stack([load_image_file(p, size) for p in files])
     keras_probs, keras_features = (t.numpy() for t in serve(tf.constant(batch)))
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     ort_probs, ort_features = session.run([PROBS_OUTPUT, FEATURES_OUTPUT], {INPUT_NAME: batch})

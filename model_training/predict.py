@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+from .cli import CliError, run_cli
+
 COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "operating_point",
            "in_distribution", "error")
 
@@ -163,22 +165,25 @@ def score(predictor, files: list[Path], writer, batch_size: int, progress: Progr
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_cli(lambda: score_paths(args))
+
+
+def score_paths(args: argparse.Namespace) -> dict:
+    """The CLI's work: load the predictor as the app does, score every file, write the CSV
+    atomically (or to stdout), print a one-line summary; returns the counts."""
     files = collect_files(args.paths)
+    from cxr.calibration import UnknownOperatingPoint
     from cxr.inference import load_predictor
     from cxr.metadata import atomic_path
 
     try:
         predictor = load_predictor(args.model, backend=args.backend)
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"error: --model {args.model}: {exc}", file=sys.stderr)
-        return 2
-    from cxr.calibration import UnknownOperatingPoint
-
+        raise CliError(f"--model {args.model}: {exc}") from exc
     try:
         predictor.decision.operating_point(args.operating_point)
     except UnknownOperatingPoint as exc:
-        print(f"error: --operating-point: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(f"--operating-point: {exc}") from exc
     enabled = args.progress == "on" or (args.progress == "auto" and sys.stderr.isatty()
                                         and len(files) > args.batch_size)
     progress = Progress(len(files), enabled)
@@ -200,7 +205,7 @@ def main(argv=None) -> int:
                f"in {seconds:.1f} s ({scored / max(seconds, 1e-9):.1f} images/s, {predictor.backend})"
                + (f"; wrote {args.out}" if args.out else ""))
     print(summary, file=sys.stdout if args.out else sys.stderr)
-    return 0
+    return counts
 
 
 if __name__ == "__main__":

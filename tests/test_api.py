@@ -313,7 +313,7 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
     piped = run_cli("--model", tiny_onnx_model, "--progress", "off", folder / "notes.txt", jpegs[0])
     assert piped.returncode == 0, piped.stderr[-3000:]
     lines = piped.stdout.strip().splitlines()
-    assert lines[0] == "file,label,probability_covid,probability_normal,threshold,in_distribution,error"
+    assert lines[0] == "file,label,probability_covid,probability_normal,threshold,operating_point,in_distribution,error"
     assert len(lines) == 3
     assert "1 of 2 files scored" in piped.stderr
 

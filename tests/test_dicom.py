@@ -30,7 +30,7 @@ from app.errors import input_status
 from cxr import dicom
 from cxr.decode import accepted_formats, decode_image, sniff_format
 from cxr.errors import InputError
-from cxr.preprocessing import load_image_bytes
+from cxr.preprocessing import prepare_image_bytes
 
 PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "SECRET-4711"
@@ -179,8 +179,8 @@ def test_same_prediction_as_the_source(tiny_model, sources):
         expected = predictor.predict_upload(jpeg)
         for name, data in variants(gray, jpeg).items():
             np.testing.assert_array_equal(
-                load_image_bytes(data, predictor.input_size),
-                load_image_bytes(jpeg, predictor.input_size), err_msg=name)
+                prepare_image_bytes(data, predictor.input_size).array,
+                prepare_image_bytes(jpeg, predictor.input_size).array, err_msg=name)
             got = predictor.predict_upload(data)
             assert got.label == expected.label, name
             for cls, p in expected.probabilities.items():

@@ -15,7 +15,7 @@ from PIL import Image
 from cxr import gradcam
 from cxr.decode import decode_image
 from cxr.explain import explain_gray, explain_upload
-from cxr.preprocessing import preprocess_gray
+from cxr.preprocessing import prepare_gray
 from model_training import explain
 
 
@@ -67,7 +67,7 @@ def test_gradcam_equals_gradient_tape_gap_head(tiny_model, grays):
     assert explain.head_type_of(model) == "gap"
     kernel = model.get_layer("predictions").kernel.numpy()
     for gray in grays[::3]:
-        batch = preprocess_gray(gray, 64)[np.newaxis]
+        batch = prepare_gray(gray, 64).array[np.newaxis]
         feats = _features(model, batch)
         for c in (0, 1):
             ours = gradcam.gradcam(feats, kernel, c, "gap")
@@ -83,7 +83,7 @@ def test_gradcam_equals_gradient_tape_flatten_head(grays):
     model = build_classifier(96, weights="none", head="flatten")
     assert explain.head_type_of(model) == "flatten"
     kernel = model.get_layer("predictions").kernel.numpy()
-    batch = preprocess_gray(grays[0], 96)[np.newaxis]
+    batch = prepare_gray(grays[0], 96).array[np.newaxis]
     feats = _features(model, batch)
     assert feats.shape == (1, 3, 3, 2048)
     peaks = []
@@ -124,7 +124,7 @@ def test_requested_class_and_probabilities_match_the_predictor(tiny_model, sourc
 
     predictor = load_predictor(tiny_model)
     gray = grays[0]
-    plain = predictor.predict_prepared([preprocess_gray(gray, predictor.input_size)])[0]
+    plain = predictor.predict_prepared([prepare_gray(gray, predictor.input_size)])[0]
     covid = explain_gray(source, gray, "Covid")
     normal = explain_gray(source, gray, "Normal")
     assert covid.label == plain.label

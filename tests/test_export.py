@@ -61,11 +61,11 @@ def test_onnx_graph_matches_keras_on_real_xrays(tiny_onnx_model, sample_xrays):
     """Recomputed here, independently of the export's own record."""
     import onnxruntime as ort
 
-    from cxr.preprocessing import load_image_bytes
+    from cxr.preprocessing import load_image_file
     from model_training.model import load_classifier
 
     paths = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
-    batch = np.stack([load_image_bytes(p.read_bytes(), 64) for p in paths])
+    batch = np.stack([load_image_file(p, 64) for p in paths])
     keras_probs = load_classifier(tiny_onnx_model)(batch, training=False).numpy()
     session = ort.InferenceSession(str(onnx_path(tiny_onnx_model)), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["image"]

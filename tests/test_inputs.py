@@ -18,7 +18,7 @@ import tests.xray_inputs as X
 from app.errors import input_status
 from cxr.decode import decode_image
 from cxr.errors import InputError
-from cxr.preprocessing import load_image_bytes
+from cxr.preprocessing import prepare_image_bytes
 
 SIZE = 64
 
@@ -39,7 +39,7 @@ def test_real_world_variants_work_and_agree(client, source, variant):
     data = X.GOOD_VARIANTS[variant](source)
     # Same pixels as the plain image after decoding (so EXIF orientation was applied, 16-bit
     # was scaled, colour was reduced to gray), up to JPEG/resampling rounding.
-    diff = np.abs(load_image_bytes(data, SIZE) - load_image_bytes(plain, SIZE))
+    diff = np.abs(prepare_image_bytes(data, SIZE).array - prepare_image_bytes(plain, SIZE).array)
     assert diff.mean() < 1.0 and diff.max() <= 16, (variant, diff.mean(), diff.max())
 
     expected = predict(client, plain).get_json()
@@ -157,7 +157,7 @@ def mutated_images(draw):
 def test_decoder_property_any_bytes(data):
     """Any byte string decodes to the model's input shape or raises our InputError."""
     try:
-        array = load_image_bytes(data, SIZE)
+        array = prepare_image_bytes(data, SIZE).array
     except InputError as exc:
         assert input_status(exc) in (400, 413, 415, 422)
         return

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from cxr.metadata import CLASS_NAMES, atomic_path, read_metadata, sha256_file
-from cxr.preprocessing import load_image_bytes, load_image_file
+from cxr.preprocessing import load_image_file, prepare_image_bytes
 from model_training import data, evaluate, train
 
 from .conftest import ROOT, TINY_SIZE
@@ -103,7 +103,7 @@ def test_threshold_reaches_target_recall_on_val():
 
 def test_training_pipeline_and_serving_path_give_the_same_array(data_dir):
     files = data.list_split(data_dir, "val", limit=6, check=False)
-    served = [load_image_bytes(Path(p).read_bytes(), 48) for p in files.paths]
+    served = [prepare_image_bytes(Path(p).read_bytes(), 48).array for p in files.paths]
     evaluated = np.concatenate([np.asarray(x) for x, _ in data.eval_dataset(files, 48, 4)])
     np.testing.assert_array_equal(evaluated, np.stack(served))
     # the training batches are the same arrays, in the epoch's order
