@@ -43,6 +43,7 @@ COPY app/ app/
 COPY templates/ templates/
 COPY static/ static/
 COPY gunicorn.conf.py ./
+COPY LICENSE ./
 COPY --from=export /srv/models/ models/
 
 # Never run as root; the app only reads its files (owned by root, world-readable).

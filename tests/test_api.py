@@ -66,7 +66,7 @@ def test_openapi_is_valid_and_describes_exactly_the_routes(app, spec):
                   if method in HTTP_METHODS}
     assert routes == documented
     predict = spec["paths"]["/predict"]["post"]
-    assert {p["name"] for p in predict["parameters"]} == {"explain", "class"}
+    assert {p["name"] for p in predict["parameters"]} == {"explain", "class", "operating_point"}
     assert {"200", "400", "401", "413", "415", "422", "503"} <= set(predict["responses"])
     batch = spec["paths"]["/predict/batch"]["post"]
     assert "files" in batch["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
@@ -284,7 +284,7 @@ def test_predict_cli_scores_a_folder(tiny_onnx_model, tmp_path, sample_xrays):
     with out.open(newline="") as handle:
         reader = csv.DictReader(handle)
         assert reader.fieldnames == ["file", "label", "probability_covid", "probability_normal", "threshold",
-                                     "in_distribution", "error"]
+                                     "operating_point", "in_distribution", "error"]
         rows = {row["file"]: row for row in reader}
     names = {Path(file).relative_to(folder).as_posix() for file in rows}
     assert names == {"covid/" + jpegs[0].name, "covid/" + jpegs[1].name, "normal/deeper/" + jpegs[2].name,

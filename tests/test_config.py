@@ -41,11 +41,11 @@ def test_every_setting_is_parsed_the_same_from_the_environment_and_from_override
 
 def test_upload_limit_override(tiny_model, sample_xrays):
     client = create_app({"MODEL_PATH": str(tiny_model), "LOAD_MODEL_ASYNC": "false",
-                         "MAX_UPLOAD_MB": "0.01"}).test_client()
+                         "MAX_UPLOAD_MB": "0.005"}).test_client()
     image = sample_xrays["covid"][0].read_bytes()
-    assert len(image) > 0.01 * 2**20
+    assert len(image) > 0.005 * 2**20
     response = client.post("/predict", data=image, content_type="image/jpeg")
-    assert response.status_code == 413 and "0.01 MB" in response.get_json()["error"]["message"]
+    assert response.status_code == 413 and "0.005 MB" in response.get_json()["error"]["message"]
 
 
 def test_batch_limit_override(tiny_model, sample_xrays):
