@@ -20,6 +20,9 @@ Two scores come out, both from NumPy arithmetic on arrays fitted by ``model_trai
 * **shift score** (Mahalanobis distance of the pooled features to the chest X-rays the model
   was trained on, in a whitened PCA space): above ``shift_threshold`` the answer says
   ``in_distribution: false`` with a warning, because the result is less reliable there.
+  Far beyond every chest X-ray it was fitted on (``refuse_shift_threshold``, when the gate
+  has one) the image is refused as well: the classifier's features then say it is something
+  else (a knee film came out "Covid 0.999" with the warning, before this rule).
 
 The artefacts (``<model>.gate.npz`` + ``<model>.gate.json``) are keyed to the ``.h5``'s
 sha256 like the ONNX export: a gate fitted for another model is never used (:func:`load_gate`).
@@ -114,10 +117,16 @@ class Verdict:
     colour_limit: float
     shift_score: float
     shift_threshold: float
+    refuse_shift: float | None = None  # refuse beyond this distance (None: gates fitted without the rule)
+
+    @property
+    def far_from_chest_xrays(self) -> bool:
+        return self.refuse_shift is not None and self.shift_score > self.refuse_shift
 
     @property
     def is_chest_xray(self) -> bool:
-        return self.chest_score >= self.chest_threshold and self.colourfulness <= self.colour_limit
+        return (self.chest_score >= self.chest_threshold and self.colourfulness <= self.colour_limit
+                and not self.far_from_chest_xrays)
 
     @property
     def in_distribution(self) -> bool:
@@ -127,6 +136,9 @@ class Verdict:
         if self.colourfulness > self.colour_limit:
             why = (f"it is in colour (colourfulness {self.colourfulness:.3f}, chest X-rays stay "
                    f"below {self.colour_limit:.3f})")
+        elif self.chest_score >= self.chest_threshold:
+            why = (f"the model's features put it far from every chest X-ray it learned from (distance "
+                   f"{self.shift_score:.2f}, the limit is {self.refuse_shift:.2f})")
         else:
             why = (f"its chest X-ray score is {self.chest_score:.3f}, below the gate's "
                    f"threshold of {self.chest_threshold:.3f}")
@@ -155,6 +167,8 @@ class Gate:
         self.chest_threshold = float(record["chest_threshold"])
         self.colour_limit = float(record["colour_limit"])
         self.shift_threshold = float(record["shift_threshold"])
+        refuse = record.get("refuse_shift_threshold")
+        self.refuse_shift = None if refuse is None else float(refuse)
         self._pcs = self.a["feat_proj"].shape[1]
         # A perceptron fitted on the statistics alone has zero weights for the features: skip them.
         self._stats_only = not np.any(self.a["w1"][: self._pcs])
@@ -186,7 +200,7 @@ class Gate:
         stats = np.stack([image_stats(i.gray, i.colourfulness, i.aspect) for i in images]).astype(np.float64)
         chest, shift = self.chest_scores(features, stats), self.shift_scores(features)
         return [Verdict(float(c), self.chest_threshold, float(i.colourfulness), self.colour_limit,
-                        float(s), self.shift_threshold) for c, s, i in zip(chest, shift, images)]
+                        float(s), self.shift_threshold, self.refuse_shift) for c, s, i in zip(chest, shift, images)]
 
 def load_gate(model_path: str | Path, model_sha256: str | None = None) -> tuple[Gate | None, str]:
     """The gate fitted for exactly this ``.h5``, or (None, why not)."""

@@ -68,6 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="share of val chest X-rays the gate must accept (default: %(default)s)")
     p.add_argument("--shift-quantile", type=float, default=0.99,
                    help="val chest X-rays below the domain-shift threshold (default: %(default)s)")
+    p.add_argument("--refuse-shift-margin", type=float, default=1.25,
+                   help="also refuse images whose feature distance exceeds this many times the largest distance "
+                        "of any train or val chest X-ray (0: no such refusal; default: %(default)s)")
     p.add_argument("--cache", default=None, help="npz file keeping the extracted features between runs")
     p.add_argument("--limit", type=int, default=None,
                    help="at most this many chest X-rays per split and data folder, and non-chest images "
@@ -244,11 +247,15 @@ def fit(data, items: list[Item], args) -> dict:
     candidates["mahalanobis"] = {"scores": maha, "threshold": threshold,
                                  "val_refusal": float((maha[val & (y == 0)] < threshold).mean())}
     shift_threshold = float(np.quantile(distance[val & (y == 1)], args.shift_quantile))
+    seen_chest = (train | val) & (y == 1)
+    refuse_shift = (float(args.refuse_shift_margin * distance[seen_chest].max())
+                    if args.refuse_shift_margin > 0 else None)
     chest_colour = data["colour"][(y == 1) & ok & (split != "test")]
     colour_limit = float(max(0.05, 1.5 * chest_colour.max()))
     return {"arrays": arrays, "candidates": candidates, "distance": distance, "z": z, "columns": columns,
             "source": source,
-            "shift_threshold": shift_threshold, "colour_limit": colour_limit, "threshold_for": threshold_for}
+            "shift_threshold": shift_threshold, "refuse_shift": refuse_shift, "colour_limit": colour_limit,
+            "threshold_for": threshold_for}
 
 
 def held_out_sources(source: np.ndarray, rows: np.ndarray, y: np.ndarray, min_images: int = 50) -> list[str]:
@@ -296,13 +303,23 @@ def unseen_hospitals(items: list[Item], fitted: dict, chosen: str) -> list[dict]
 # ---------------------------------------------------------------- report
 
 def refused_mask(data, scores, threshold, colour_limit) -> np.ndarray:
-    """Refused by the gate or by the decoder (an upload that errors is refused too)."""
+    """Refused by the chest score, the colour limit or the decoder (an upload that errors is
+    refused too); the far-shift rule comes on top (:func:`far_mask`)."""
     return ~data["ok"] | (scores < threshold) | (data["colour"] > colour_limit)
+
+
+def far_mask(data, fitted: dict) -> np.ndarray:
+    """Decoded images beyond the far-shift refusal distance (none when the rule is off)."""
+    if fitted["refuse_shift"] is None:
+        return np.zeros(len(data["ok"]), bool)
+    return data["ok"] & (fitted["distance"] > fitted["refuse_shift"])
 
 
 def tables(items: list[Item], data, fitted: dict, chosen: str) -> dict:
     cand = fitted["candidates"][chosen]
-    refused = refused_mask(data, cand["scores"], cand["threshold"], fitted["colour_limit"])
+    far = far_mask(data, fitted)
+    without_far = refused_mask(data, cand["scores"], cand["threshold"], fitted["colour_limit"])
+    refused = without_far | far
     shifted = data["ok"] & (fitted["distance"] > fitted["shift_threshold"])
     compare = {name: refused_mask(data, c["scores"], c["threshold"], fitted["colour_limit"])
                for name, c in fitted["candidates"].items()}
@@ -328,17 +345,24 @@ def tables(items: list[Item], data, fitted: dict, chosen: str) -> dict:
             row["refused"] = int(refused[idx].sum())
             row["refusal"] = round(float(refused[idx].mean()), 4)
             row["decoder_refused"] = int((~data["ok"][idx]).sum())
+            row["refused_only_for_distance"] = int((refused[idx] & ~without_far[idx]).sum())
         row["by_method"] = {name: round(float((m[idx] if group == "other" else ~m[idx]).mean()), 4)
                             for name, m in compare.items()}
         out[group].append(row)
     return out
 
 
+def _fmt(value) -> str:
+    return "off" if value is None else f"{value:.3f}"
+
+
 def write_markdown(path: Path, report: dict) -> None:
     lines = [f"# Input gate report: {report['model']['name']}", "",
              f"Model sha256 `{report['model']['sha256'][:12]}`, method **{report['method']}**, "
              f"chest threshold {report['chest_threshold']:.4f}, colour limit {report['colour_limit']:.3f}, "
-             f"shift threshold {report['shift_threshold']:.3f}.", "",
+             f"shift threshold {report['shift_threshold']:.3f}, far-shift refusal above "
+             f"{_fmt(report.get('refuse_shift_threshold'))} (a margin over the largest distance of any train or "
+             "val chest X-ray; `refused only for distance` counts the images this rule alone refused).", "",
              "Candidates, each with the threshold that accepts "
              f"{report['accept_target']:.1%} of the val chest X-rays (mlp: one hidden layer of {HIDDEN}; lr: logistic "
              "regression; combined = the classifier's pooled features + image statistics; mahalanobis: distance "
@@ -352,11 +376,13 @@ def write_markdown(path: Path, report: dict) -> None:
     head = " | ".join(methods)
     lines += ["", "## Non-chest images: refusal rate (test = held-out files of seen sources; "
               "unseen = sources never trained on)", "",
-              f"| split | category | n | refused | rate | {head} |", "|---|---|---|---|---|" + "---|" * len(methods)]
+              f"| split | category | n | refused | rate | refused only for distance | {head} |",
+              "|---|---|---|---|---|---|" + "---|" * len(methods)]
     for r in report["tables"]["other"]:
         if r["split"] in ("test", "unseen"):
             by = " | ".join(f"{r['by_method'][m]:.3f}" for m in methods)
-            lines.append(f"| {r['split']} | {r['name']} | {r['n']} | {r['refused']} | {r['refusal']:.3f} | {by} |")
+            lines.append(f"| {r['split']} | {r['name']} | {r['n']} | {r['refused']} | {r['refusal']:.3f} | "
+                         f"{r.get('refused_only_for_distance', 0)} | {by} |")
     lines += ["", "## Chest X-rays: acceptance and domain-shift warnings per source (test split)", "",
               "| folder/source | n | accepted | rate | shift warnings | rate |", "|---|---|---|---|---|---|"]
     for r in report["tables"]["chest"]:
@@ -402,13 +428,14 @@ def run(args) -> dict:
         "chest_threshold": cand["threshold"], "colour_limit": fitted["colour_limit"],
         "shift_threshold": fitted["shift_threshold"], "accept_target": args.accept,
         "shift_quantile": args.shift_quantile, "unseen_sources": UNSEEN_SOURCES,
+        "refuse_shift_threshold": fitted["refuse_shift"], "refuse_shift_margin": args.refuse_shift_margin,
     }
     write_gate(model_path, arrays, record)
     gate = Gate(arrays, record)
     cost = gate_cost_ms(gate, predictor)
     report = {"model": predictor.model_info(), "method": chosen, "chest_threshold": cand["threshold"],
               "colour_limit": fitted["colour_limit"], "shift_threshold": fitted["shift_threshold"],
-              "accept_target": args.accept,
+              "refuse_shift_threshold": fitted["refuse_shift"], "accept_target": args.accept,
               "candidates": {k: {key: v[key] for key in ("val_refusal", "unseen_hospital_val", "threshold") if key in v}
                              for k, v in fitted["candidates"].items()},
               "tables": tables(items, data, fitted, chosen), "cost_ms_per_image": cost,

@@ -235,10 +235,23 @@ def test_gate_cli_fits_a_gate_that_serving_then_uses(tmp_path, tiny_onnx_model, 
     assert {r["name"] for r in report["tables"]["other"] if r["split"] == "test"} >= set(CATEGORIES)
     assert any(r["name"] == "siim (all)" for r in report["tables"]["chest"])
     assert "| held-out source |" in (out / "gate_report.md").read_text()
+    assert report["refuse_shift_threshold"] > report["shift_threshold"]
     predictor = load_predictor(model)
     assert predictor.gate is not None, predictor.gate_reason
+    assert predictor.gate.refuse_shift == pytest.approx(report["refuse_shift_threshold"])
     with pytest.raises(NotAChestXray):
         predictor.predict_upload(synthetic.make("text_page", 3))
+
+
+def test_far_from_every_chest_xray_is_refused_with_the_distance_in_the_message():
+    from cxr.gate import Verdict
+
+    near = Verdict(0.9, 0.5, 0.0, 0.05, shift_score=2.0, shift_threshold=1.5, refuse_shift=4.0)
+    far = Verdict(0.9, 0.5, 0.0, 0.05, shift_score=6.0, shift_threshold=1.5, refuse_shift=4.0)
+    old = Verdict(0.9, 0.5, 0.0, 0.05, shift_score=6.0, shift_threshold=1.5)  # a gate fitted without the rule
+    assert near.is_chest_xray and not near.in_distribution
+    assert not far.is_chest_xray and "far from every chest X-ray" in str(far.refusal())
+    assert "6.00" in str(far.refusal()) and old.is_chest_xray
 
 
 def test_synthetic_negatives_are_reproducible():
