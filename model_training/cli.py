@@ -47,6 +47,18 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", TF_LOG_LEVEL)
 
 
+def add_backend_argument(parser) -> None:
+    """``--backend``, defaulting to ``INFERENCE_BACKEND`` (parsed by the shared ``cxr.settings``,
+    as the app parses it), else ``auto``: ONNX Runtime when a verified export sits beside the model."""
+    from cxr.settings import parse_choice, setting
+
+    choices = ("auto", "tensorflow", "onnx")
+    parser.add_argument("--backend", choices=choices,
+                        default=setting(os.environ, "INFERENCE_BACKEND", "auto", parse_choice, choices=choices),
+                        help="inference backend (default: INFERENCE_BACKEND, else auto: ONNX Runtime when a "
+                             "current export sits beside the model)")
+
+
 def log(message: str) -> None:
     """One progress line on stdout, flushed at once (pipes and log files buffer otherwise)."""
     print(message, flush=True)

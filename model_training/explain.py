@@ -18,7 +18,7 @@ from cxr.explain import explain_gray, explain_upload
 from cxr.gradcam import COLORMAPS, DEFAULT_OPACITY, MAX_SIDE, overlay
 from cxr.metadata import CLASS_NAMES, FEATURES_LAYER, POSITIVE_CLASS, atomic_path
 
-from .cli import CliError, run_cli
+from .cli import CliError, add_backend_argument, run_cli
 
 
 def head_type_of(model) -> str:
@@ -112,9 +112,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-side", type=int, default=MAX_SIDE, help="long side of the PNG, at most")
     p.add_argument("--colormap", choices=COLORMAPS, default="inferno",
                    help="perceptually uniform matplotlib colormap")
-    p.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=None,
-                   help="inference backend (default: INFERENCE_BACKEND, else auto: ONNX when "
-                        "a verified export sits beside the model)")
+    add_backend_argument(p)
     args = p.parse_args(argv)
     if not 0.0 <= args.opacity <= 1.0:
         p.error("--opacity must be between 0 and 1")

@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import CliError, run_cli
+from .cli import CliError, add_backend_argument, run_cli
 
 COLUMNS = ("file", "label", "probability_covid", "probability_normal", "threshold", "operating_point",
            "in_distribution", "error")
@@ -55,9 +55,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--operating-point", default=None, metavar="NAME",
                    help="the model's named threshold that decides the label (e.g. balanced, high_sensitivity; "
                    "default: the model's default)")
-    p.add_argument("--backend", choices=("auto", "tensorflow", "onnx"), default=None,
-                   help="inference backend (default: INFERENCE_BACKEND, else auto: ONNX Runtime when a "
-                        "current export sits beside the model)")
+    add_backend_argument(p)
     p.add_argument("--progress", choices=("auto", "on", "off"), default="auto",
                    help="progress bar on standard error (auto: when it is a terminal and there is more "
                         "than one batch)")
