@@ -14,8 +14,9 @@ from cxr.decode import accepted_formats_text
 DISCLAIMER = (
     "Research demo, not a diagnosis: this model has not been clinically validated. "
     "Do not use it for medical decisions. It only compares frontal chest X-rays with two kinds of "
-    "films it learned from (typical Covid-19 pneumonia, normal), misses about a third of Covid "
-    "films and flags about one normal film in six; it knows no other disease. An input check "
+    "films it learned from (typical Covid-19 pneumonia, normal). At its default operating point it "
+    "misses about one Covid film in five and flags about one normal film in six; it knows no other "
+    "disease and calls about half of the films with other lung findings Covid. An input check "
     "refuses most images that are not chest X-rays and warns when an X-ray is unlike the "
     "training data, but it can be wrong both ways."
 )
