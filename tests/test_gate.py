@@ -120,9 +120,10 @@ def test_accepts_the_chest_xrays_of_both_test_splits(predictor, report):
         assert len(accepted) == reported[("test", f"{folder} (all)")]["accepted"]
         assert len(accepted) / len(mine) >= 0.99, folder
         shifted = sum(1 for r in accepted if r.in_distribution is False)
-        # The report's distances come from the fitting run's batches of 64, these from the served
-        # batches: float noise of ~1e-6 may move one image that sits right on the threshold.
-        assert abs(shifted - reported[("test", f"{folder} (all)")]["shift_warnings"]) <= 1
+        # The report counts warnings over every decoded image, the refused ones too; answers
+        # exist only for the accepted ones, so the two differ by at most the refused count.
+        refused = len(mine) - len(accepted)
+        assert 0 <= reported[("test", f"{folder} (all)")]["shift_warnings"] - shifted <= refused
         assert all(r.warnings == [] for r in accepted if r.in_distribution)
 
 
