@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.5
+from .metadata import DEFAULT_THRESHOLD
+
 LEGACY_OPERATING_POINT = "default"
 _EPS = 1e-7
 

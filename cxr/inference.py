@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import DecisionRule
+from .calibration import DecisionRule, OperatingPoint
 from .errors import InputError, NotAChestXray, UndecodableImage
 from .gate import Gate, Verdict, load_gate
 from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_metadata, sha256_file
@@ -234,7 +234,7 @@ class Predictor:
     # -- internals -------------------------------------------------------------------------
 
     def _run(self, images, operating_point, *, keep_features: bool) -> list[tuple]:
-        self.decision.operating_point(operating_point)
+        point = self.decision.operating_point(operating_point)  # resolved once per pass
         if len(images) == 0:
             return []
         images = [i if isinstance(i, PreparedImage) else PreparedImage(i) for i in images]
@@ -249,14 +249,13 @@ class Predictor:
         verdicts = self.gate.assess(feature_map, images) if self.gate is not None else [None] * len(images)
         elapsed = (time.perf_counter() - started) * 1000 / len(images)
         return [(v.refusal() if v is not None and not v.is_chest_xray
-                 else self._prediction(p, elapsed, v, operating_point),
+                 else self._prediction(p, elapsed, v, point),
                  feature_map[k] if keep_features else None)
                 for k, (p, v) in enumerate(zip(probs, verdicts))]
 
     def _prediction(self, probs: np.ndarray, inference_ms: float, verdict: Verdict | None,
-                    operating_point: str | None) -> Prediction:
+                    point: OperatingPoint) -> Prediction:
         """The answer for one image's softmax: calibrated P(Covid), decided at the operating point."""
-        point = self.decision.operating_point(operating_point)
         p_covid = float(self.decision.calibration.apply(float(probs[0])))
         probabilities = {self.class_names[0]: p_covid, self.class_names[1]: 1.0 - p_covid}
         label = decide(probabilities, point.threshold, self.class_names)

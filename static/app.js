@@ -60,11 +60,7 @@
     setText("threshold", data.threshold.toFixed(3));
     setText("operating-point-used", (data.operating_point || "").replace(/_/g, " "));
     var meaning = document.getElementById("probability-meaning");
-    meaning.dataset.calibrated = data.calibrated ? "true" : "false";
-    meaning.textContent = data.calibrated
-      ? "P(Covid) is calibrated: among films like the training ones (frontal chest X-rays of adults from the " +
-        "same kind of hospitals, typical Covid-19 pneumonia or normal), about that share is Covid."
-      : "P(Covid) is the network's score, not a calibrated probability.";
+    meaning.textContent = data.calibrated ? meaning.dataset.calibratedText : meaning.dataset.rawText;
     setText("model-name", data.model.name);
     setText("model-sha", data.model.sha256.slice(0, 12));
     setText("inference-ms", data.inference_ms.toFixed(1));
