@@ -8,7 +8,7 @@ export PORT MODEL_PATH
 
 .PHONY: venv dev run test train evaluate gate clean export model-runtime bench verification-images
 
-$(VENV)/.runtime: requirements.txt
+$(VENV)/.runtime: requirements.txt requirements-serve.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
