@@ -1,9 +1,10 @@
 # The web app as a container: what App Engine flex (runtime: custom) builds and runs, and
 # what `docker run` runs locally. Same Python as the tests, same gunicorn command as `make run`.
-# Three stages: `runtime` (Python and the pinned requirements), `export` (a build stage that
-# runs the training-side ONNX exporter) and the final image, which holds the app and the
-# core (cxr/) but no model_training/.
-FROM python:3.11-slim AS runtime
+# Three stages: `serve` (Python and requirements-serve.txt: the app's needs, no TensorFlow),
+# `export` (a build stage that adds requirements.txt and runs the training-side ONNX exporter)
+# and the final image, built on `serve`: the app and the core (cxr/), no model_training/, no
+# TensorFlow. It serves the ONNX export only; without a valid one the app says so at /readyz.
+FROM python:3.11-slim AS serve
 
 # No .pyc litter, logs straight to stdout, no pip cache in the image. PORT is what App Engine
 # sets (8080); gunicorn.conf.py binds 0.0.0.0:$PORT.
@@ -13,31 +14,34 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     PORT=8080 \
     MODEL_PATH=models/covid_resnet50.h5 \
-    INFERENCE_BACKEND=auto
+    INFERENCE_BACKEND=auto \
+    INFERENCE_PRECISION=auto
 
 WORKDIR /srv
 
 # An unprivileged user to run as (created now, switched to after the build steps).
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin cxr
 
-# Dependencies first, in their own layer: rebuilt only when requirements.txt changes.
-COPY requirements.txt ./
-RUN pip install --no-cache-dir -r requirements.txt
+# Serving dependencies first, in their own layer: rebuilt only when requirements-serve.txt changes.
+COPY requirements-serve.txt ./
+RUN pip install --no-cache-dir -r requirements-serve.txt
 
 # Build stage: the verified ONNX Runtime export, so a container serves the fast backend and
 # is ready in seconds without importing TensorFlow. The exporter is training code
 # (model_training/, tf2onnx); it runs here and does not reach the final image. A valid export
 # from the build context (make export) is kept as is; converting needs ~6.5 GB of builder
 # memory. models/verification/ holds a few real X-rays to verify the export against Keras.
-FROM runtime AS export
+FROM serve AS export
+COPY requirements.txt ./
+RUN pip install --no-cache-dir -r requirements.txt
 COPY cxr/ cxr/
 COPY model_training/ model_training/
 COPY models/ models/
 RUN python -m model_training.export --model "$MODEL_PATH" --data-dir models/verification --if-missing
 
 # The served image: only what the app needs: the app, the core, templates, static files,
-# gunicorn config, and the model with its export (from the build stage).
-FROM runtime
+# gunicorn config, and the model with its export and int8 twin (from the build stage).
+FROM serve
 COPY cxr/ cxr/
 COPY app/ app/
 COPY templates/ templates/

@@ -16,9 +16,10 @@ log = logging.getLogger("cxr.model")
 
 
 class ModelState:
-    def __init__(self, model_path: str, backend: str = "auto", threads=None):
+    def __init__(self, model_path: str, backend: str = "auto", threads=None, precision: str = "auto"):
         self.model_path = str(model_path)
         self.backend = backend  # the predictor's settings, from the app's config (app.config)
+        self.precision = precision
         self.threads = threads
         self.predictor = None
         self.error: str | None = None
@@ -51,16 +52,17 @@ class ModelState:
 
         started = time.perf_counter()
         try:
-            predictor = load_predictor(self.model_path, backend=self.backend, threads=self.threads)
+            predictor = load_predictor(self.model_path, backend=self.backend, threads=self.threads,
+                                       precision=self.precision)
         except Exception as exc:  # reported by /readyz; the process stays up for diagnosis
             self.error = f"{exc.__class__.__name__}: {exc}"
             log.error("model load failed: %s", self.error)
         else:
             self.load_seconds = time.perf_counter() - started
             self.predictor = predictor
-            log.info("model ready: name=%s sha256=%s input_size=%s load_s=%.1f",
-                     predictor.name, predictor.sha256[:12], predictor.input_size,
-                     self.load_seconds)
+            log.info("model ready: name=%s sha256=%s input_size=%s backend=%s precision=%s (%s) load_s=%.1f",
+                     predictor.name, predictor.sha256[:12], predictor.input_size, predictor.backend,
+                     predictor.precision, predictor.precision_reason, self.load_seconds)
             if predictor.gate is None:  # answers then say in_distribution: null
                 log.warning("no input gate: %s; images that are not chest X-rays will be classified too",
                             predictor.gate_reason)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import io
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -88,15 +89,20 @@ def gradcam(features: np.ndarray, kernel: np.ndarray, class_index: int, head_typ
     return (cam / peak if peak > 0 else cam).astype(np.float32)
 
 
+COLORMAP_TABLES = Path(__file__).with_name("colormaps.npz")
+
+
 @functools.cache
 def colormap_lut(name: str = "inferno") -> np.ndarray:
-    """A matplotlib colormap as a (256, 3) uint8 table (matplotlib is only read once)."""
+    """A matplotlib colormap as a (256, 3) uint8 table.
+
+    Read from ``colormaps.npz`` beside this module (matplotlib's tables, sampled once:
+    tests/test_explain.py checks them against matplotlib), so serving needs no matplotlib.
+    """
     if name not in COLORMAPS:
         raise ValueError(f"colormap must be one of {COLORMAPS}")
-    from matplotlib import colormaps
-
-    rgba = colormaps[name](np.linspace(0.0, 1.0, 256))
-    return np.rint(rgba[:, :3] * 255).astype(np.uint8)
+    with np.load(COLORMAP_TABLES) as tables:
+        return tables[name]
 
 
 def overlay(gray: np.ndarray, heatmap: np.ndarray, *, opacity: float = DEFAULT_OPACITY,

@@ -11,7 +11,10 @@ Two backends run the same trained ``.h5``:
   (``model.predict`` builds a data pipeline per call and costs about twice the forward pass).
 
 ``INFERENCE_BACKEND=auto`` (the default) picks ``onnx`` when an export whose recorded sha256
-equals the ``.h5``'s exists, else ``tensorflow``. Input size, class names and threshold come
+equals the ``.h5``'s exists, else ``tensorflow``; where TensorFlow is not installed (the
+serving image, ``requirements-serve.txt``) a missing export is a clear load error instead.
+On ``onnx``, ``precision`` picks the graph: ``auto`` serves the int8 twin when it is current
+and passed its accuracy guard (``cxr.onnx_status.int8_status``), else fp32. Input size, class names and threshold come
 from the model's own sidecar metadata. Both backends also expose the last convolutional
 feature map and the Dense head's weights, which is all Grad-CAM needs.
 
@@ -20,6 +23,7 @@ CLIs' arguments pass them in; ``app.config`` documents the environment variables
 
 ==================  =======  ==============================================================
 ``backend``         auto     ``auto``, ``onnx`` or ``tensorflow``
+``precision``       auto     ``auto``, ``int8`` or ``fp32`` (int8: ONNX Runtime only)
 ``intra_op``        0        threads one forward pass uses; 0 = all usable cores
 ``inter_op``        1        independent graph branches run in parallel (ResNet50 is a chain:
                              1 avoids idle thread pools)
@@ -36,6 +40,7 @@ pool gave ~10% more throughput and a lower p95 than running them one at a time.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 import time
@@ -52,6 +57,7 @@ from .metadata import CLASS_NAMES, FEATURES_LAYER, HEAD_LAYER, decide, read_meta
 from .preprocessing import PreparedImage, prepare_image_bytes
 
 BACKENDS = ("auto", "onnx", "tensorflow")
+PRECISIONS = ("auto", "int8", "fp32")
 
 
 @dataclass
@@ -116,6 +122,8 @@ class Predictor:
     """One loaded model plus its metadata; ``forward``/``forward_features`` are per backend."""
 
     backend = "base"
+    precision = "fp32"
+    precision_reason = "fp32 unless load_predictor chose the int8 twin"
 
     def __init__(self, model_path: str | Path, metadata: dict, sha256: str, threads: ThreadSettings | None = None):
         self.model_path = Path(model_path)
@@ -156,7 +164,7 @@ class Predictor:
 
     def model_info(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "input_size": self.input_size,
-                "backend": self.backend, "input_gate": self.gate is not None,
+                "backend": self.backend, "precision": self.precision, "input_gate": self.gate is not None,
                 "calibrated": self.decision.calibration.active,
                 "operating_points": {name: round(p.threshold, 6) for name, p in self.decision.operating_points.items()},
                 "default_operating_point": self.decision.default}
@@ -328,15 +336,17 @@ class TensorFlowPredictor(Predictor):
 
 
 class OnnxPredictor(Predictor):
-    """ONNX Runtime on the verified export; imports nothing from TensorFlow."""
+    """ONNX Runtime on the verified export (fp32) or its guarded int8 twin; imports nothing
+    from TensorFlow. Grad-CAM and the input gate read the same forward pass as the label, so an
+    explained answer always equals the plain one."""
 
     backend = "onnx"
 
-    def __init__(self, model_path, metadata, sha256, threads=None):
+    def __init__(self, model_path, metadata, sha256, threads=None, precision: str = "fp32"):
         super().__init__(model_path, metadata, sha256, threads)
         import onnxruntime as ort
 
-        from .onnx_status import FEATURES_OUTPUT, INPUT_NAME, PROBS_OUTPUT, onnx_path
+        from .onnx_status import FEATURES_OUTPUT, INPUT_NAME, PROBS_OUTPUT, int8_path, onnx_path
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads.intra_op
@@ -345,7 +355,8 @@ class OnnxPredictor(Predictor):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.threads.spin else "0")
         options.log_severity_level = 3
-        self.onnx_path = onnx_path(model_path)
+        self.precision = precision
+        self.onnx_path = int8_path(model_path) if precision == "int8" else onnx_path(model_path)
         self.session = ort.InferenceSession(str(self.onnx_path), options, providers=["CPUExecutionProvider"])
         self._input, self._probs, self._features = INPUT_NAME, PROBS_OUTPUT, FEATURES_OUTPUT
 
@@ -365,23 +376,59 @@ def resolve_backend(model_path: str | Path, sha256: str, requested: str | None =
     if requested not in BACKENDS:
         raise ValueError(f"backend {requested!r}: choose one of {', '.join(BACKENDS)}")
     if requested == "tensorflow":
+        _require_tensorflow("backend tensorflow requested")
         return "tensorflow", "backend tensorflow requested"
     valid, reason = export_status(model_path, sha256)
     if valid:
         return "onnx", f"valid ONNX export for sha256 {sha256[:12]}"
     if requested == "onnx":
         raise RuntimeError(f"backend onnx requested but {reason}")
+    _require_tensorflow(f"no usable ONNX export ({reason})")
     return "tensorflow", reason
 
 
+def _require_tensorflow(why: str) -> None:
+    """The TensorFlow fallback needs TensorFlow; the serving environment has none, so say so
+    plainly (the app reports it at /readyz and in its log) instead of an ImportError deep down."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise RuntimeError(f"{why}, and TensorFlow is not installed in this environment (the serving image "
+                           "runs only the ONNX export): build it with `make export` or "
+                           "`python -m model_training.export --model <model.h5>` before serving")
+
+
+def resolve_precision(model_path: str | Path, sha256: str, backend: str, requested: str | None = "auto",
+                      ) -> tuple[str, str]:
+    """Which graph the chosen backend runs: (``int8`` or ``fp32``, why). ``auto`` takes the int8
+    twin only when it is current and passed its accuracy guard; asking for ``int8`` without one
+    is an error, so a misconfiguration never silently serves something else."""
+    from .onnx_status import int8_status
+
+    requested = (requested or "auto").strip().lower()
+    if requested not in PRECISIONS:
+        raise ValueError(f"precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested == "fp32":
+        return "fp32", "precision fp32 requested"
+    if backend != "onnx":
+        if requested == "int8":
+            raise RuntimeError(f"precision int8 needs the onnx backend, not {backend}")
+        return "fp32", f"the {backend} backend runs fp32"
+    valid, reason = int8_status(model_path, sha256)
+    if valid:
+        return "int8", f"int8 twin passed its accuracy guard for sha256 {sha256[:12]}"
+    if requested == "int8":
+        raise RuntimeError(f"precision int8 requested but {reason}")
+    return "fp32", reason
+
+
 def load_predictor(model_path: str | Path, backend: str | None = "auto", gate: bool = True,
-                   threads: ThreadSettings | None = None) -> Predictor:
+                   threads: ThreadSettings | None = None, precision: str | None = "auto") -> Predictor:
     """Load the model at ``model_path`` with its sidecar metadata and warm it up.
 
     ``backend`` is ``auto``, ``onnx`` or ``tensorflow``; the choice and its reason end up in
-    ``predictor.backend`` and ``predictor.backend_reason``. The input gate fitted for this
-    exact model (``<model>.gate.npz``, :func:`cxr.gate.load_gate`) is loaded when there is one
-    (``gate=False``: never, e.g. while fitting a new gate); ``predictor.gate_reason`` says why not.
+    ``predictor.backend`` and ``predictor.backend_reason``; likewise ``precision`` (``auto``,
+    ``int8``, ``fp32``) in ``predictor.precision`` and ``predictor.precision_reason``. The input
+    gate fitted for this exact model (``<model>.gate.npz``, :func:`cxr.gate.load_gate`) is loaded
+    when there is one (``gate=False``: never, e.g. while fitting a new gate); ``predictor.gate_reason`` says why not.
     """
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -389,9 +436,13 @@ def load_predictor(model_path: str | Path, backend: str | None = "auto", gate: b
     metadata = read_metadata(model_path)
     sha = sha256_file(model_path)
     chosen, reason = resolve_backend(model_path, sha, backend)
-    cls = OnnxPredictor if chosen == "onnx" else TensorFlowPredictor
-    predictor = cls(model_path, metadata, sha, threads)
+    bits, bits_reason = resolve_precision(model_path, sha, chosen, precision)
+    if chosen == "onnx":
+        predictor = OnnxPredictor(model_path, metadata, sha, threads, precision=bits)
+    else:
+        predictor = TensorFlowPredictor(model_path, metadata, sha, threads)
     predictor.backend_reason = reason
+    predictor.precision_reason = bits_reason
     if gate:
         predictor.gate, predictor.gate_reason = load_gate(model_path, sha)
     else:

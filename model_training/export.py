@@ -10,7 +10,10 @@ second without importing TensorFlow, so the app serves this derived copy when it
                          ``probabilities`` (N,2) and ``conv5_block3_out`` (N,h,w,2048), the
                          last feature map, so Grad-CAM works on either backend;
 * ``<model>.onnx.json``  the ``.h5``'s sha256 it was made from, versions, and the measured
-                         largest probability difference against Keras on real X-rays.
+                         largest probability difference against Keras on real X-rays;
+* ``<model>.int8.onnx``  (and ``.int8.onnx.json``) the int8 twin, made from the fp32 graph and
+                         kept only when it decides like it on siim val (``model_training.quantize``;
+                         ``--no-int8`` skips it, and without siim data it is skipped with a note).
 
 The export fails (and writes nothing) when that difference exceeds the tolerance. The app
 only compares the recorded sha256 with the ``.h5``'s (``cxr.onnx_status.export_status``, where
@@ -43,6 +46,8 @@ from cxr.onnx_status import (
 )
 
 from .cli import quiet_tensorflow, run_cli
+from .quantize import DEFAULT_DATA_DIR as INT8_DATA_DIR
+from .quantize import QuantizeError, quantize_twin, twin_is_settled
 
 TOLERANCE = 1e-4
 OPSET = 17
@@ -106,9 +111,12 @@ def export(
     images: int = DEFAULT_IMAGES,
     tolerance: float = TOLERANCE,
     opset: int = OPSET,
+    int8: bool = False,
+    int8_data_dir: str | Path | None = None,
     log=print,
 ) -> Path:
-    """Convert ``model_path`` to ONNX, verify it against Keras, write both files atomically."""
+    """Convert ``model_path`` to ONNX, verify it against Keras, write both files atomically;
+    with ``int8``, then try the int8 twin (calibrated and guarded on ``int8_data_dir``, siim)."""
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ExportError(f"model {model_path} not found")
@@ -133,7 +141,19 @@ def export(
     write_json_atomic(export_meta_path(model_path),
                       export_record(model_path, source_sha, graph, size, opset, data_dir, check))
     log(f"Wrote {graph} ({graph.stat().st_size / 1e6:.1f} MB) and {export_meta_path(model_path)}")
+    if int8:
+        make_int8_twin(model_path, int8_data_dir, log=log)
     return graph
+
+
+def make_int8_twin(model_path: str | Path, data_dir: str | Path | None = None, *, log=print) -> Path | None:
+    """The int8 twin (``model_training.quantize``); a twin that cannot be made is a note, not a
+    failure: the fp32 export stands and the app serves it."""
+    try:
+        return quantize_twin(model_path, data_dir=data_dir, log=log)
+    except QuantizeError as exc:
+        log(f"int8 twin not made (the app serves fp32): {exc}")
+        return None
 
 
 def serving_function(model_path: Path, size: int):
@@ -267,11 +287,13 @@ def ensure_export(model_path: str | Path, *, log=print, **kwargs) -> Path:
     (a sha256 comparison) when the export is current.
     """
     valid, reason = export_status(model_path)
-    if valid:
-        log(f"{onnx_path(model_path)} is current for {model_path}")
-        return onnx_path(model_path)
-    log(f"Exporting: {reason}")
-    return export(model_path, log=log, **kwargs)
+    if not valid:
+        log(f"Exporting: {reason}")
+        return export(model_path, log=log, **kwargs)
+    log(f"{onnx_path(model_path)} is current for {model_path}")
+    if kwargs.get("int8") and not twin_is_settled(model_path):
+        make_int8_twin(model_path, kwargs.get("int8_data_dir"), log=log)
+    return onnx_path(model_path)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -291,7 +313,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="largest allowed |probability difference| between Keras and ONNX Runtime")
     p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
     p.add_argument("--if-missing", action="store_true",
-                   help="do nothing when a valid export for this exact .h5 already exists")
+                   help="do nothing when a valid export for this exact .h5 already exists (and its int8 "
+                   "twin was kept or rejected already)")
+    p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=True,
+                   help="also make the int8 twin, kept only if it decides like fp32 on siim val")
+    p.add_argument("--int8-data-dir", default=str(INT8_DATA_DIR),
+                   help="siim-layout folder: train/ calibrates the int8 twin, val/ guards it")
     return p.parse_args(argv)
 
 
@@ -299,7 +326,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     make = ensure_export if args.if_missing else export
     return run_cli(lambda: make(args.model, data_dir=args.data_dir, images=args.images, tolerance=args.tolerance,
-                                opset=args.opset),
+                                opset=args.opset, int8=args.int8, int8_data_dir=args.int8_data_dir),
                    errors=(ExportError, FileNotFoundError))
 
 

@@ -148,3 +148,45 @@ def makefile_run_command(path: Path = ROOT / "Makefile") -> list[str]:
             words[0] = words[0].rsplit("/", 1)[-1]
             return words
     raise AssertionError("no gunicorn command under the Makefile's run target")
+
+
+def requirement_files(path: Path) -> list[Path]:
+    """``path`` and every file it includes with ``-r`` (requirements.txt includes requirements-serve.txt)."""
+    files = [path]
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] in ("-r", "--requirement"):
+            files += requirement_files(path.parent / parts[1])
+    return files
+
+
+def cached_venv(requirements: Path, name: str) -> Path:
+    """A virtualenv with ``requirements`` and nothing else, as a Docker pip layer holds it.
+
+    Built once and kept in ~/.cache/cxr-covid/, keyed by the requirement files' sha256 and the
+    Python version (Docker also keeps the layer while the file is unchanged);
+    CONTAINER_VENV_FRESH=1 rebuilds it.
+    """
+    import hashlib
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    digest = hashlib.sha256(sys.version.encode())
+    for file in requirement_files(requirements):
+        digest.update(file.read_bytes())
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-covid"
+    venv = cache / f"{name}-{digest.hexdigest()[:16]}"
+    marker = venv / ".complete"
+    if marker.exists() and os.environ.get("CONTAINER_VENV_FRESH") != "1":
+        return venv
+    shutil.rmtree(venv, ignore_errors=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements)],
+                            capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(f"pip install -r {requirements} failed:\n{result.stdout[-2000:]}{result.stderr[-4000:]}")
+    marker.write_text(requirements.name)
+    return venv

@@ -1,6 +1,7 @@
 """The container's start-up, reproduced without Docker.
 
-A fresh virtualenv from ``requirements.txt`` alone stands in for the image's pip layer; an
+Fresh virtualenvs stand in for the image's pip layers: ``requirements.txt`` for the export
+build stage, ``requirements-serve.txt`` alone (no TensorFlow) for the served image. An
 empty folder receives exactly what the export build stage's COPY instructions (filtered by
 ``.dockerignore``) would put in it and the Dockerfile's own export step runs there; a second
 empty folder receives what the final stage copies (from the context and, ``COPY --from``, from
@@ -10,13 +11,11 @@ lacks fails this test, and the served image must not hold ``model_training/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import requests
 
 from tests.deploy_support import (
     ROOT,
+    cached_venv,
     context_files,
     copy_from_stages,
     copy_sources,
@@ -40,26 +40,14 @@ SHIPPED_MODEL = ROOT / "models" / "covid_resnet50.h5"
 
 @pytest.fixture(scope="session")
 def image_venv() -> Path:
-    """A virtualenv with requirements.txt and nothing else, built once per requirements file.
+    """The export build stage's environment: requirements.txt (which includes the serving file)."""
+    return cached_venv(ROOT / "requirements.txt", "image-venv")
 
-    Kept in ~/.cache/cxr-covid/ keyed by the requirements' sha256 and the Python version, as
-    Docker keeps the pip layer while requirements.txt is unchanged; CONTAINER_VENV_FRESH=1
-    rebuilds it.
-    """
-    requirements = (ROOT / "requirements.txt").read_bytes()
-    key = hashlib.sha256(requirements + sys.version.encode()).hexdigest()[:16]
-    venv = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cxr-covid" / f"image-venv-{key}"
-    marker = venv / ".complete"
-    if marker.exists() and os.environ.get("CONTAINER_VENV_FRESH") != "1":
-        return venv
-    shutil.rmtree(venv, ignore_errors=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
-    result = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r",
-                             str(ROOT / "requirements.txt")], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    marker.write_text(key)
-    return venv
+
+@pytest.fixture(scope="session")
+def serve_venv() -> Path:
+    """The served image's environment: requirements-serve.txt alone (no TensorFlow)."""
+    return cached_venv(ROOT / "requirements-serve.txt", "serve-venv")
 
 
 def build_context(target: Path, tiny_model: Path, sample_xrays, instructions=None) -> list[str]:
@@ -99,7 +87,7 @@ def image_env(venv: Path, docker_env: dict[str, str], **extra) -> dict[str, str]
             **docker_env, **extra}
 
 
-def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_xrays):
+def test_container_starts_and_answers(image_venv, serve_venv, tmp_path, tiny_model, sample_xrays):
     instructions = dockerfile()
     docker_env = env_defaults(instructions)
     workdir = Path(next(ins.args for ins in instructions if ins.keyword == "WORKDIR"))
@@ -127,12 +115,12 @@ def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_x
     assert not (image / "model_training").exists(), "the served image must not hold training code"
     assert (image / docker_env["MODEL_PATH"]).with_suffix(".onnx").exists()
 
-    # The DICOM decoders (README, "DICOM") come from requirements.txt alone.
+    # The DICOM decoders (README, "DICOM") come from requirements-serve.txt alone.
     codecs = subprocess.run(
         ["python", "-c", "import json; from pydicom import uid; from cxr.dicom_codecs import plugins_for; "
          "print(json.dumps([plugins_for(getattr(uid, n)) for n in ('JPEGLosslessSV1', "
          "'JPEGExtended12Bit', 'JPEGLSLossless', 'JPEG2000', 'HTJ2K', 'RLELossless')]))"],
-        cwd=image, env=image_env(image_venv, docker_env), capture_output=True, text=True, timeout=120)
+        cwd=image, env=image_env(serve_venv, docker_env), capture_output=True, text=True, timeout=120)
     assert codecs.returncode == 0, codecs.stderr[-2000:]
     sv1, extended, jpeg_ls, j2k, htj2k, rle = json.loads(codecs.stdout)
     assert "gdcm" in sv1 and "gdcm-12bit" in extended and "pyjpegls" in jpeg_ls
@@ -141,7 +129,7 @@ def test_container_starts_and_answers(image_venv, tmp_path, tiny_model, sample_x
     port = free_port()
     cmd = next(ins for ins in reversed(instructions) if ins.keyword == "CMD").exec_form()
     log = (tmp_path / "gunicorn.log").open("w+")
-    server = subprocess.Popen(cmd, cwd=image, env=image_env(image_venv, docker_env, PORT=str(port), HOST="127.0.0.1"),
+    server = subprocess.Popen(cmd, cwd=image, env=image_env(serve_venv, docker_env, PORT=str(port), HOST="127.0.0.1"),
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

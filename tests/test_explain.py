@@ -173,6 +173,18 @@ def test_opacity_blends_gray_and_colormap(grays):
         gradcam.overlay(gray, heat, opacity=1.5)
 
 
+@pytest.mark.parametrize("name", gradcam.COLORMAPS)
+def test_shipped_colormap_tables_equal_matplotlib(name):
+    """Serving reads cxr/colormaps.npz (no matplotlib in requirements-serve.txt); the tables
+    must be matplotlib's own, sampled at 256 steps."""
+    from matplotlib import colormaps
+
+    expected = np.rint(colormaps[name](np.linspace(0.0, 1.0, 256))[:, :3] * 255).astype(np.uint8)
+    table = gradcam.colormap_lut(name)
+    assert table.dtype == np.uint8 and table.shape == (256, 3)
+    assert np.array_equal(table, expected)
+
+
 def test_dicom_upload_gives_the_same_overlay(source, sample_xrays):
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid

@@ -66,11 +66,13 @@ class GunicornServer:
     ``workers`` and ``threads`` set ``WEB_CONCURRENCY`` and ``GUNICORN_THREADS``; None keeps
     ``gunicorn.conf.py``'s own defaults, as ``make run`` does. ``extra_env`` overrides any
     variable. The log goes to ``log_path`` (None: a temporary file, removed by ``stop``).
-    ``start=False`` creates it stopped, for ``start()`` later.
+    ``start=False`` creates it stopped, for ``start()`` later; ``python`` runs it from another
+    virtualenv (default: the tests' own).
     """
 
     def __init__(self, model_path, log_path: Path | None = None, workers: int | None = 1, threads: int | None = 2,
-                 extra_env=None, *, start: bool = True):
+                 extra_env=None, *, start: bool = True, python: str | Path | None = None):
+        self.python = str(python or sys.executable)  # another virtualenv's python: the lean serving one
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
@@ -96,7 +98,7 @@ class GunicornServer:
         self._log = open(self.log_path, "wb")
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", *GUNICORN_COMMAND], cwd=ROOT, env=self.env, stdout=self._log,
+            [self.python, "-m", *GUNICORN_COMMAND], cwd=ROOT, env=self.env, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
         )
 
