@@ -48,6 +48,10 @@ COPY templates/ templates/
 COPY static/ static/
 COPY gunicorn.conf.py ./
 COPY LICENSE ./
+# What GET /model reads (app/model_page.py): the model card and the shipped model's report files.
+COPY MODEL_CARD.md ./
+COPY reports/covid_resnet50/metrics.json reports/covid_resnet50/roc_curve.png reports/covid_resnet50/reliability.png reports/covid_resnet50/confusion_matrix.png reports/covid_resnet50/
+COPY reports/covid_resnet50/gate/gate_report.json reports/covid_resnet50/gate/
 COPY --from=export /srv/models/ models/
 
 # Never run as root; the app only reads its files (owned by root, world-readable).

@@ -57,9 +57,11 @@ def create_app(config: dict | None = None) -> Flask:
     app.json.sort_keys = False  # keep label/probabilities first, as documented
     app.debug = False  # never serve with the Werkzeug debugger, whatever FLASK_DEBUG says
 
+    from app import model_page
     from app.routes import bp
 
     app.register_blueprint(bp)
+    app.register_blueprint(model_page.bp)  # GET /model: the model page (issue 24)
     register_error_handlers(app)
     add_security_headers(app)
     install_access_log(app)

@@ -20,6 +20,10 @@ DEFAULT_MAX_UPLOAD_MB = 10
 DEFAULTS = {
     # Path of the Keras .h5 model; its sidecar <model>.json must sit beside it.
     "MODEL_PATH": "models/covid_resnet50.h5",
+    # What GET /model reads besides the sidecar: the model's evaluation report (metrics.json, the
+    # plots, gate/gate_report.json) and the model card's "Cannot" paragraph (app.model_page).
+    "MODEL_REPORT_DIR": "reports/covid_resnet50",
+    "MODEL_CARD": "MODEL_CARD.md",
     # Largest accepted request body, in megabytes (the API answers 413 above it).
     "MAX_UPLOAD_MB": DEFAULT_MAX_UPLOAD_MB,
     "LOG_LEVEL": "INFO",

@@ -13,6 +13,7 @@ answers against its schemas, so the description cannot drift from the code.
 from __future__ import annotations
 
 from app.errors import HTTP_CODES, INPUT_STATUS
+from app.model_page import FIGURES
 from cxr.decode import accepted_formats_text
 from cxr.metadata import CLASS_NAMES
 
@@ -338,6 +339,22 @@ def openapi_document(config) -> dict:
                                   **_error_responses(FORM_CODES, media="text/html")},
                 },
             },
+            "/model": {"get": {
+                "operationId": "modelPage",
+                "summary": "The model page (HTML): name, version, training data, test figures with CIs, "
+                           "operating points, occlusion audit, input gate, what it cannot do",
+                "responses": {"200": {"description": "the page, generated from the sidecar and the reports",
+                                      "content": html}},
+            }},
+            "/model/figures/{name}": {"get": {
+                "operationId": "modelFigure",
+                "summary": "A plot of the served model's evaluation report",
+                "parameters": [{"name": "name", "in": "path", "required": True, "schema": {
+                    "type": "string", "enum": list(FIGURES)}}],
+                "responses": {"200": {"description": "the PNG image",
+                                      "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}},
+                              "404": {"description": "no such plot for the served model"}},
+            }},
             "/healthz": {"get": {
                 "operationId": "healthz", "summary": "Liveness: the process answers (says nothing about the model)",
                 "responses": {"200": {"description": "alive",

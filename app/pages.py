@@ -1,5 +1,6 @@
 """The upload page: rendering ``index.html`` (empty, with a result, or with an error), the
-research-demo notice every answer carries, and the accessor for this worker's model state.
+research-demo notice every answer carries, the model's display name, and the accessor for this
+worker's model state.
 
 Its own module so that ``routes`` (the form's results) and ``errors`` (the form's error page)
 both use it without importing each other.
@@ -27,12 +28,24 @@ def model_state():
     return current_app.extensions["cxr_model"]
 
 
+def display_name(metadata: dict) -> str:
+    """The name people see: the sidecar's ``display_name`` when it has one, else its ``name``
+    (the model file's name, e.g. ``covid_resnet50``), never a training stage's name."""
+    return metadata.get("display_name") or metadata.get("name") or "model"
+
+
 def render_index(result: dict | None = None, error: str | None = None, status: int = 200):
+    """The upload page; the batch limits go to the page's script, which splits a drop of many
+    files into ``/predict/batch`` requests within them."""
     state = model_state()
+    config = current_app.config
     model = state.predictor.model_info() if state.ready else None
+    if model is not None:
+        model["display_name"] = display_name(state.predictor.metadata)
     body = render_template(
         "index.html", result=result, error=error, model=model, disclaimer=DISCLAIMER,
-        api_key_required=bool(current_app.config["API_KEY"]),
-        max_upload_mb=current_app.config["MAX_UPLOAD_MB"], accepted=accepted_formats_text(),
+        api_key_required=bool(config["API_KEY"]), max_upload_mb=config["MAX_UPLOAD_MB"],
+        batch_max_files=config["BATCH_MAX_FILES"], batch_max_mb=config["BATCH_MAX_MB"],
+        accepted=accepted_formats_text(),
     )
     return make_response(body, status)

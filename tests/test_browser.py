@@ -27,7 +27,8 @@ def _read_result(page) -> dict:
         "normal": float(page.locator("#prob-normal").inner_text()),
         "threshold": float(page.locator("#threshold").inner_text()),
         "model": page.locator("#model-name").inner_text().strip(),
-        "disclaimer": page.locator("[data-testid=result-disclaimer]").inner_text(),
+        # One research-demo notice per screen (issue 24): the page's, not a second one in the result.
+        "disclaimer": page.locator(".disclaimer").inner_text(),
     }
 
 

@@ -114,6 +114,9 @@ def test_container_starts_and_answers(image_venv, serve_venv, tmp_path, tiny_mod
     assert not (image / "tests").exists() and not (image / ".venv").exists()
     assert not (image / "model_training").exists(), "the served image must not hold training code"
     assert (image / docker_env["MODEL_PATH"]).with_suffix(".onnx").exists()
+    # What GET /model reads (issue 24): the model card and the report's files, not the whole of reports/.
+    assert (image / "MODEL_CARD.md").is_file() and (image / "reports/covid_resnet50/gate/gate_report.json").is_file()
+    assert not (image / "reports/covid_resnet50/predictions.csv").exists()
 
     # The DICOM decoders (README, "DICOM") come from requirements-serve.txt alone.
     codecs = subprocess.run(
@@ -136,6 +139,8 @@ def test_container_starts_and_answers(image_venv, serve_venv, tmp_path, tiny_mod
         ready = _wait_ready(url, server, log, timeout=180)
         assert ready["model"]["backend"] == "onnx", "the export built in the image must be served"
         assert requests.get(url + "/healthz", timeout=5).status_code == 200
+        model_page = requests.get(url + "/model", timeout=10)  # every file it reads is in the image
+        assert model_page.status_code == 200 and "is not on this server" not in model_page.text
         xray = sample_xrays["covid"][0]
         response = requests.post(url + "/predict", files={"file": (xray.name, xray.read_bytes(), "image/jpeg")},
                                  timeout=60)

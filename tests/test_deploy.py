@@ -177,10 +177,12 @@ def test_ignore_files_keep_data_and_tooling_out():
         assert ignored(path, patterns), path
     # A local export may come along: the build's sha256 check decides whether it is reused.
     for path in ("app/routes.py", "templates/index.html", "models/covid_resnet50.h5", "gunicorn.conf.py",
-                 "models/covid_resnet50.onnx", "models/covid_resnet50.onnx.json"):
+                 "models/covid_resnet50.onnx", "models/covid_resnet50.onnx.json",
+                 "MODEL_CARD.md", "reports/covid_resnet50/metrics.json",
+                 "reports/covid_resnet50/gate/gate_report.json"):
         assert not ignored(path, patterns), path
     gcloud = (ROOT / ".gcloudignore").read_text().splitlines()
-    for needed in ("tests/", "reports/", ".venv/", "models/*.ckpt/"):
+    for needed in ("tests/", "reports/*", ".venv/", "models/*.ckpt/"):
         assert needed in gcloud
     assert not {"app.yaml", "Dockerfile", "/app.yaml"} & set(gcloud), "gcloud must upload app.yaml and Dockerfile"
 
