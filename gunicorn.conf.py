@@ -34,7 +34,9 @@
 import importlib.util
 import os
 import resource
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -89,3 +91,23 @@ loglevel = setting(_env, "LOG_LEVEL", "info").lower()
 # Bounded request lines/headers; the body limit is MAX_UPLOAD_MB, enforced by the app.
 limit_request_line = 4094
 limit_request_fields = 100
+
+# Prometheus (app.metrics): every worker writes its samples into one folder that GET /metrics
+# sums (prometheus-client's multiprocess mode). The variable is set here, in the master, before
+# any worker imports prometheus_client; a fresh folder per server start (an operator's own
+# PROMETHEUS_MULTIPROC_DIR is used as given, and must be empty at start), removed at exit.
+if not _env.get("PROMETHEUS_MULTIPROC_DIR"):  # (a reload reads this file again: keep the folder)
+    _env["PROMETHEUS_MULTIPROC_DIR"] = _env["CXR_OWN_METRICS_DIR"] = tempfile.mkdtemp(prefix="cxr-metrics-")
+os.makedirs(_env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauge (cxr_model_info) leaves the sums; its counts stay."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _env.get("CXR_OWN_METRICS_DIR") == _env["PROMETHEUS_MULTIPROC_DIR"]:
+        shutil.rmtree(_env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -15,6 +15,7 @@ import io
 
 from flask import Flask, Request
 
+from app import limits, metrics
 from app.access_log import configure_logging, install_access_log
 from app.config import MB, load_config, predictor_settings
 from app.errors import register_error_handlers
@@ -40,7 +41,7 @@ def create_app(config: dict | None = None) -> Flask:
     routes, error handlers, security headers, the access log, and the model loading in this
     process (in the background unless ``LOAD_MODEL_ASYNC`` is off)."""
     settings = load_config(config)
-    configure_logging(settings["LOG_LEVEL"])
+    configure_logging(settings["LOG_LEVEL"], settings["LOG_FORMAT"])
 
     app = Flask(__name__, template_folder="../templates", static_folder="../static")
     app.request_class = InMemoryRequest
@@ -65,6 +66,8 @@ def create_app(config: dict | None = None) -> Flask:
     register_error_handlers(app)
     add_security_headers(app)
     install_access_log(app)
+    metrics.init_app(app)  # GET /metrics and its recording (issue 23)
+    limits.init_app(app)  # after the log and the metrics, so that a 429 is logged and counted too
 
     state = ModelState(settings["MODEL_PATH"], **predictor_settings(settings))
     app.extensions["cxr_model"] = state

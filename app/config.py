@@ -50,6 +50,16 @@ DEFAULTS = {
     "INFERENCE_SPIN": False,
     # Most forward passes one process runs at once (0 = no limit: up to gunicorn's threads).
     "INFERENCE_CONCURRENCY": 0,
+    # Operating it (issue 23): the request log as `text` or `json` (unset: json on App Engine,
+    # recognised by GAE_SERVICE, else text); Prometheus recording for GET /metrics (app.metrics);
+    # the per-client limit on the prediction routes, e.g. "60/minute" (unset: none), its
+    # counters' storage (memory:// per worker, or redis://host:6379 shared) and how many proxies
+    # in front append to X-Forwarded-For (0: the header is ignored) (app.limits).
+    "LOG_FORMAT": "text",
+    "METRICS": True,
+    "RATE_LIMIT": None,
+    "RATE_LIMIT_STORAGE_URI": "memory://",
+    "TRUSTED_PROXIES": 0,
 }
 
 _PARSERS = {
@@ -63,7 +73,25 @@ _PARSERS = {
     "INFERENCE_INTER_OP_THREADS": lambda k, v: parse_int(k, v, minimum=1),
     "INFERENCE_SPIN": parse_bool,
     "INFERENCE_CONCURRENCY": lambda k, v: parse_int(k, v, minimum=0),
+    "LOG_FORMAT": lambda k, v: parse_choice(k, v, ("text", "json")),
+    "METRICS": parse_bool,
+    "RATE_LIMIT": lambda k, v: _parse_rate(k, v),
+    "TRUSTED_PROXIES": lambda k, v: parse_int(k, v, minimum=0),
 }
+
+
+def _parse_rate(key: str, value) -> str | None:
+    """A Flask-Limiter limit string ("60/minute", "5 per second; 100/hour"); empty: no limit."""
+    from limits import parse_many
+
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        parse_many(text)
+    except ValueError:
+        raise ValueError(f"{key}={value!r} is not a rate limit (e.g. 60/minute)") from None
+    return text
 
 
 def _parse(key: str, value):
@@ -83,6 +111,8 @@ def load_config(overrides: dict | None = None, environ=None) -> dict:
         config[key] = _parse(key, value)
     for key, value in (overrides or {}).items():
         config[key] = _parse(key, value)
+    if environ.get("GAE_SERVICE") and not environ.get("LOG_FORMAT") and "LOG_FORMAT" not in (overrides or {}):
+        config["LOG_FORMAT"] = "json"  # on App Engine (it sets GAE_SERVICE), whose log reader parses JSON
     return config
 
 

@@ -13,12 +13,13 @@ import logging
 from flask import Flask, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
+from app.outcomes import note_error
 from app.pages import render_index
 from cxr.errors import InputError
 
 log = logging.getLogger("cxr.errors")
 
-API_PATHS = ("/predict", "/predict/batch", "/healthz", "/readyz", "/openapi.json")
+API_PATHS = ("/predict", "/predict/batch", "/healthz", "/readyz", "/openapi.json", "/metrics")
 
 # Werkzeug's status codes -> our stable machine-readable codes.
 HTTP_CODES = {
@@ -29,7 +30,7 @@ HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
     422: "unprocessable_entity",
-    429: "too_many_requests",
+    429: "rate_limited",
     500: "internal_error",
     503: "not_ready",
 }
@@ -77,6 +78,7 @@ def wants_html() -> bool:
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None,
                    details: dict | None = None):
+    note_error(code)  # for the metrics and the request log (app.outcomes)
     if wants_html():
         if request.path == "/":  # the form page shows its own errors
             response = render_index(error=message, status=status)

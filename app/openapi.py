@@ -12,12 +12,14 @@ answers against its schemas, so the description cannot drift from the code.
 
 from __future__ import annotations
 
+from app.config import MB
 from app.errors import HTTP_CODES, INPUT_STATUS
 from app.model_page import FIGURES
 from cxr.decode import accepted_formats_text
 from cxr.metadata import CLASS_NAMES
 
 OPENAPI_VERSION = "3.1.0"
+FORM_FRAMING_BYTES = 1024  # room for a multipart form's boundaries, part headers and small fields
 API_VERSION = "1.0.0"
 
 # The codes our own views raise (``ApiError``): status and when.
@@ -52,17 +54,19 @@ HTTP_TEXT = {
     "method_not_allowed": "a method the path does not take, e.g. `GET /predict` (with `Allow`)",
     "not_found": "a path that does not exist",
     "internal_error": "an unexpected error; the request was not processed",
+    "rate_limited": "more prediction requests from this client than `RATE_LIMIT` allows; retry after "
+                    "`Retry-After` seconds",
 }
 
 INPUT_CODES = tuple(INPUT_STATUS)
 PREDICT_CODES = (*INPUT_CODES, "no_file", "bad_request", "unknown_operating_point", "unauthorized",
-                 "payload_too_large", "not_ready", "internal_error")
+                 "payload_too_large", "rate_limited", "not_ready", "internal_error")
 BATCH_CODES = ("no_file", "bad_request", "unknown_operating_point", "explain_not_supported", "unauthorized",
-               "too_many_files", "batch_too_large", "not_ready", "internal_error")
+               "too_many_files", "batch_too_large", "rate_limited", "not_ready", "internal_error")
 # A failed batch item: what /predict would have answered for that file alone.
 BATCH_ITEM_CODES = (*INPUT_CODES, "payload_too_large")
-FORM_CODES = (*INPUT_CODES, "no_file", "unknown_operating_point", "unauthorized", "payload_too_large", "not_ready",
-              "internal_error")
+FORM_CODES = (*INPUT_CODES, "no_file", "unknown_operating_point", "unauthorized", "payload_too_large",
+              "rate_limited", "not_ready", "internal_error")
 
 
 def error_codes() -> dict[str, tuple[int, str]]:
@@ -96,8 +100,8 @@ def _error_responses(codes, media: str = "application/json") -> dict:
         if status == 401:
             response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"},
                                                         "description": 'Bearer realm="cxr-covid"'}}
-        if status == 503:
-            response["headers"] = {"Retry-After": {"schema": {"type": "integer"},
+        if status in (429, 503):
+            response["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "required": True,
                                                    "description": "seconds to wait before retrying"}}
         responses[str(status)] = response
     return responses
@@ -233,19 +237,32 @@ def _schemas(max_files: int) -> dict:
     }
 
 
-def _file_property(description: str) -> dict:
-    return {"type": "string", "contentMediaType": "application/octet-stream", "description": description}
+def _file_property(description: str, max_bytes: int | None = None, *, non_empty: bool = True) -> dict:
+    """An uploaded file: non-empty bytes (an empty one is 400 `empty_input`; a batch's gets its own
+    error item instead), at most ``max_bytes``."""
+    limits = {"minLength": 1} if non_empty else {}
+    if max_bytes is not None:
+        limits["maxLength"] = max_bytes
+    return {"type": "string", "contentMediaType": "application/octet-stream", **limits, "description": description}
 
 
-def openapi_document(config) -> dict:
-    """The OpenAPI 3.1 document for this app under ``config`` (Flask's ``app.config``)."""
+def openapi_document(config, operating_points: list[str] | None = None) -> dict:
+    """The OpenAPI 3.1 document for this app under ``config`` (Flask's ``app.config``); with the loaded
+    model's ``operating_points``, the ``operating_point`` parameter lists exactly those names."""
     formats = accepted_formats_text()
     max_mb = config["MAX_UPLOAD_MB"]
     max_files = int(config["BATCH_MAX_FILES"])
     batch_mb = config["BATCH_MAX_MB"]
     key_required = bool(config.get("API_KEY"))
     security = [{"bearerAuth": []}, {"apiKeyHeader": []}] + ([] if key_required else [{}])
-    image_types = {"image/png": {}, "image/jpeg": {}, "application/dicom": {}, "application/octet-stream": {}}
+    max_bytes = int(max_mb * MB)
+    # Raw bodies: non-empty (else 400 `empty_input`) and at most MAX_UPLOAD_MB (else 413).
+    image_types = {media: {"schema": {"type": "string", "contentMediaType": media, "minLength": 1,
+                                      "maxLength": max_bytes}}
+                   for media in ("image/png", "image/jpeg", "application/dicom", "application/octet-stream")}
+    # A multipart file within this size always fits MAX_UPLOAD_MB with the form's framing.
+    form_file_bytes = max_bytes - FORM_FRAMING_BYTES
+    point_schema = {"type": "string", **({"enum": list(operating_points)} if operating_points else {})}
     explain = {
         "name": "explain", "in": "query", "required": False, "schema": {"type": "boolean", "default": False},
         "description": "`true` adds a Grad-CAM heatmap (`explained_class`, `heatmap_png`) from the same "
@@ -256,7 +273,7 @@ def openapi_document(config) -> dict:
         "description": "with `explain=true`: the class to explain (default: the predicted class)",
     }
     point_param = {
-        "name": "operating_point", "in": "query", "required": False, "schema": {"type": "string"},
+        "name": "operating_point", "in": "query", "required": False, "schema": point_schema,
         "description": "the named decision threshold to apply (`GET /readyz` lists the model's under "
                        "`model.operating_points`; default: the model's `default_operating_point`). Also "
                        "accepted as a multipart form field. An unknown name answers 400 `unknown_operating_point`.",
@@ -289,7 +306,8 @@ def openapi_document(config) -> dict:
                 "security": security,
                 "requestBody": {"required": True, "content": {
                     "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                        "file": _file_property(f"the X-ray: {formats}")}}},
+                        "file": _file_property(f"the X-ray: {formats}", form_file_bytes),
+                        "operating_point": {**point_schema, "description": "as the query parameter"}}}},
                     **image_types,
                 }},
                 "responses": {"200": {"description": "the classification",
@@ -314,7 +332,10 @@ def openapi_document(config) -> dict:
                 "requestBody": {"required": True, "content": {"multipart/form-data": {
                     "schema": {"type": "object", "required": ["files"], "properties": {"files": {
                         "type": "array", "minItems": 1, "maxItems": max_files,
-                        "items": _file_property(f"one X-ray: {formats}")}}},
+                        "items": _file_property(f"one X-ray: {formats}; an empty one, or one over {max_mb:g} MB, "
+                                                "gets its own error item (`empty_input`, `payload_too_large`)",
+                                                non_empty=False)},
+                        "operating_point": {**point_schema, "description": "as the query parameter"}}},
                     "encoding": {"files": {"contentType": ", ".join(image_types)}},
                 }}},
                 "responses": {"200": {"description": "one item per file, in order",
@@ -331,9 +352,9 @@ def openapi_document(config) -> dict:
                     "security": security,
                     "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                         "type": "object", "required": ["file"], "properties": {
-                            "file": _file_property(f"the X-ray: {formats}"),
+                            "file": _file_property(f"the X-ray: {formats}", form_file_bytes),
                             "api_key": {"type": "string", "description": "the API key, when `API_KEY` is set"},
-                            "operating_point": {"type": "string", "description": "as the query parameter"},
+                            "operating_point": {**point_schema, "description": "as the query parameter"},
                         }}}}},
                     "responses": {"200": {"description": "the page with the result", "content": html},
                                   **_error_responses(FORM_CODES, media="text/html")},
@@ -365,6 +386,17 @@ def openapi_document(config) -> dict:
                 "responses": {"200": {"description": "ready",
                                       "content": {"application/json": {"schema": _ref("Ready")}}},
                               **_error_responses(("not_ready",))},
+            }},
+            "/metrics": {"get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics, summed over the server's workers (text exposition format)",
+                "description": "Request latency by route and status, predictions by label and operating point, "
+                               "refusals by error code, out-of-distribution answers, the P(Covid) histogram and "
+                               "the model's identity (`app.metrics`). Requires the API key when `API_KEY` is set.",
+                "security": security,
+                "responses": {"200": {"description": "the metrics",
+                                      "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **_error_responses(("unauthorized",))},
             }},
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document",

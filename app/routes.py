@@ -9,6 +9,7 @@ from app.batch import batch_results, read_uploads
 from app.errors import ApiError
 from app.explanations import explain_answer, parse_flag
 from app.openapi import openapi_document
+from app.outcomes import note_answers
 from app.pages import DISCLAIMER, model_state, render_index
 from app.security import key_matches, presented_key
 from cxr.calibration import UnknownOperatingPoint
@@ -60,19 +61,22 @@ def _operating_point(predictor) -> str | None:
 
     Called after the upload was read, so a batch's form limits are in force when the form is parsed.
     """
-    name = request.args.get("operating_point")
-    if name is None and request.mimetype == "multipart/form-data":
-        name = request.form.get("operating_point")
+    names = [request.args.get("operating_point")]
+    if request.mimetype == "multipart/form-data":
+        names.append(request.form.get("operating_point"))
     try:
-        predictor.decision.operating_point(name)
+        for given in names:  # both checked: an unknown name never passes unnoticed behind a valid one
+            if given is not None:
+                predictor.decision.operating_point(given)
     except UnknownOperatingPoint as exc:
         raise ApiError(400, "unknown_operating_point", str(exc), details={"operating_points": exc.known}) from None
-    return name or None
+    return next((given for given in names if given), None)
 
 
 def _classify(data: bytes) -> dict:
     predictor = _predictor()
     result = image_answer(predictor.predict_upload(data, _operating_point(predictor)))
+    note_answers([result])
     result["model"] = predictor.model_info()
     result["disclaimer"] = DISCLAIMER
     return result
@@ -100,6 +104,7 @@ def _classify_explained(data: bytes, explain: str | bool) -> dict:
     predictor = _predictor()
     class_name = explain if isinstance(explain, str) else None
     result = explain_answer(predictor, data, class_name, operating_point=_operating_point(predictor))
+    note_answers([result])
     result["model"] = predictor.model_info()
     result["disclaimer"] = DISCLAIMER
     return result
@@ -138,14 +143,17 @@ def predict_batch():
     items = read_uploads(current_app.config)
     predictor = _predictor()
     point = _operating_point(predictor)
-    return jsonify({"results": batch_results(predictor, items, point), "model": predictor.model_info(),
-                    "disclaimer": DISCLAIMER})
+    results = batch_results(predictor, items, point)
+    note_answers(results)  # the metrics count each file (app.metrics)
+    return jsonify({"results": results, "model": predictor.model_info(), "disclaimer": DISCLAIMER})
 
 
 @bp.get("/openapi.json")
 def openapi():
     """The OpenAPI 3.1 description of every route (``app.openapi``)."""
-    return jsonify(openapi_document(current_app.config))
+    state = model_state()
+    points = list(state.predictor.model_info()["operating_points"]) if state.ready else None
+    return jsonify(openapi_document(current_app.config, points))
 
 
 @bp.get("/healthz")

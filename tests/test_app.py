@@ -223,7 +223,8 @@ def test_access_log_has_no_file_names_or_bytes(client, xray_bytes, caplog):
     access = [r.getMessage() for r in caplog.records if r.name == "cxr.access"]
     assert len(access) == 2
     assert re.match(r"method=POST path=/predict status=200 req_bytes=\d+ resp_bytes=\d+ "
-                    r"latency_ms=[\d.]+$", access[0])
+                    r"latency_ms=[\d.]+ request_id=[0-9a-f]{32} label=(Covid|Normal) in_distribution=\w+ "
+                    r"operating_point=\w+$", access[0])
     assert "status=422" in access[1]
     assert all(len(m) < 200 for m in access)
 
