@@ -17,7 +17,7 @@ from flask import Flask, g, request
 
 from app.outcomes import answers, error_code
 from app.pages import model_state
-from app.request_log import RECORD_ATTR, JsonFormatter, outcome_fields, request_id
+from app.request_log import RECORD_ATTR, JsonFormatter, outcome_fields, request_id, route
 
 log = logging.getLogger("cxr.access")
 _HANDLER_FLAG = "_cxr_handler"
@@ -56,17 +56,17 @@ def install_access_log(app: Flask) -> None:
         latency_ms = (time.perf_counter() - started) * 1000 if started else -1.0
         rid = request_id()
         response.headers["X-Request-ID"] = rid
-        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        rule = route()
         outcome = outcome_fields(answers(), error_code())
         if as_json:
-            fields = {"request_id": rid, "method": request.method, "route": route, "status": response.status_code,
+            fields = {"request_id": rid, "method": request.method, "route": rule, "status": response.status_code,
                       "duration_ms": round(latency_ms, 1), **outcome, "model_sha256": _model_sha(),
                       "_trace": request.headers.get("X-Cloud-Trace-Context")}
-            log.info("%s %s %d", request.method, route, response.status_code, extra={RECORD_ATTR: fields})
+            log.info("%s %s %d", request.method, rule, response.status_code, extra={RECORD_ATTR: fields})
             return response
         log.info(
             "method=%s path=%s status=%d req_bytes=%d resp_bytes=%s latency_ms=%.1f request_id=%s%s",
-            request.method, route, response.status_code,
+            request.method, rule, response.status_code,
             request.content_length or 0,
             response.calculate_content_length() if not response.is_streamed else "-",
             latency_ms, rid, "".join(f" {k}={v}" for k, v in outcome.items() if k != "batch"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 
-from flask import Blueprint, Flask, Response, current_app, g, request
+from flask import Blueprint, Flask, Response, current_app, g
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
@@ -38,6 +38,7 @@ from prometheus_client import (
 from app.errors import ApiError
 from app.outcomes import answers, error_code
 from app.pages import model_state
+from app.request_log import route
 from app.security import key_matches, presented_key
 
 # Seconds; fine around the ~0.05-0.5 s a prediction takes, coarse beyond.
@@ -60,12 +61,6 @@ MODEL_INFO = Gauge("cxr_model_info", "The served model (value 1): sha256 prefix,
 bp = Blueprint("metrics", __name__)
 
 
-def route_label() -> str:
-    """The matched URL rule (``/predict``), never the raw path a client typed; ``unmatched`` else."""
-    rule = request.url_rule
-    return rule.rule if rule is not None else "unmatched"
-
-
 def record_answers(items: list[dict]) -> None:
     """Per image: its label under the operating point that decided it, P(Covid) and the drift
     flag; per failed batch file: its refusal code."""
@@ -86,7 +81,7 @@ def _start_timer() -> None:
 def _record(response):
     started = g.get("_cxr_metrics_started")
     if started is not None:
-        REQUEST_DURATION.labels(route_label(), str(response.status_code)).observe(time.perf_counter() - started)
+        REQUEST_DURATION.labels(route(), str(response.status_code)).observe(time.perf_counter() - started)
     record_answers(answers())
     code = error_code()
     if code and 400 <= response.status_code < 500:

@@ -119,12 +119,15 @@ def _schemas(max_files: int) -> dict:
         "Probabilities": probabilities,
         "ModelInfo": {
             "type": "object",
-            "required": ["name", "sha256", "input_size", "backend"],
+            "required": ["name", "sha256", "input_size", "backend", "precision"],
             "properties": {
                 "name": {"type": "string"},
                 "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$", "description": "of the served `.h5`"},
                 "input_size": {"type": "integer", "description": "the model's square input side in pixels"},
                 "backend": {"type": "string", "enum": ["onnx", "tensorflow"]},
+                "precision": {"type": "string", "enum": ["fp32", "int8"],
+                              "description": "the served graph: the fp32 export, or its int8 twin, kept only "
+                                             "when it decided like fp32 on siim val (INFERENCE_PRECISION)"},
                 "input_gate": {"type": "boolean",
                                "description": "whether an input gate fitted for this exact model is in use"},
                 "calibrated": {"type": "boolean", "description": "whether P(Covid) is calibrated (Platt scaling "
@@ -291,7 +294,8 @@ def openapi_document(config, operating_points: list[str] | None = None) -> dict:
                 f"Accepted images: {formats}, recognised from their bytes (never the file name or "
                 f"Content-Type). One request body is at most {max_mb:g} MB (`MAX_UPLOAD_MB`); a batch holds "
                 f"at most {max_files} files (`BATCH_MAX_FILES`) and {batch_mb:g} MB (`BATCH_MAX_MB`). "
-                "Every error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`. "
+                "Every error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`; every response "
+                "carries `X-Request-ID` (the client's, when it sent a plain token), which the request log records. "
                 + ("An API key is required for the classifying routes." if key_required else
                    "No API key is configured on this server; when `API_KEY` is set, the classifying "
                    "routes require it.")

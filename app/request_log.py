@@ -45,6 +45,12 @@ def request_id() -> str:
     return rid
 
 
+def route() -> str:
+    """The matched URL rule (``/predict``), never the raw path a client typed; ``unmatched`` else."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else "unmatched"
+
+
 def outcome_fields(items: list[dict], code: str | None) -> dict:
     """The answer's codes and flags: one image's label, a batch's counts, or the error code."""
     fields: dict = {}
