@@ -149,6 +149,7 @@ def test_twenty_xrays_in_one_drop(browser, shipped_url, sample_xrays, data_dir):
     _classify_all(page, 20)
     rows = _rows(page)
     assert [r["file"] for r in rows] == [name for name, _ in files]
+    assert all(page.locator("#batch-rows tr").nth(i).is_visible() for i in range(20))
     assert posts == [shipped_url + "/predict/batch"] * 2  # 16 + 4: within BATCH_MAX_FILES
     for row, (_, data) in zip(rows, files):
         status, answer = _predict(shipped_url, data)
