@@ -42,6 +42,9 @@ DEFAULTS = {
     # The predictor (cxr.inference): auto serves the verified ONNX export when it is current,
     # else TensorFlow; onnx or tensorflow force one.
     "INFERENCE_BACKEND": "auto",
+    # Which ONNX graph: auto serves the int8 twin when it is current and passed its accuracy
+    # guard (make export), else fp32; int8 without a valid twin fails at start-up (/readyz says why).
+    "INFERENCE_PRECISION": "auto",
     # Threads of one forward pass (0 = all usable cores) and between graph branches.
     "INFERENCE_INTRA_OP_THREADS": 0,
     "INFERENCE_INTER_OP_THREADS": 1,
@@ -69,6 +72,7 @@ _PARSERS = {
     "BATCH_MAX_FILES": lambda k, v: parse_int(k, v, minimum=1),
     "BATCH_MAX_MB": lambda k, v: parse_float(k, v, positive=True),
     "INFERENCE_BACKEND": lambda k, v: parse_choice(k, v, ("auto", "onnx", "tensorflow")),
+    "INFERENCE_PRECISION": lambda k, v: parse_choice(k, v, ("auto", "int8", "fp32")),
     "INFERENCE_INTRA_OP_THREADS": lambda k, v: parse_int(k, v, minimum=0),
     "INFERENCE_INTER_OP_THREADS": lambda k, v: parse_int(k, v, minimum=1),
     "INFERENCE_SPIN": parse_bool,
@@ -117,11 +121,12 @@ def load_config(overrides: dict | None = None, environ=None) -> dict:
 
 
 def predictor_settings(config) -> dict:
-    """What ``cxr.inference.load_predictor`` takes from the config: the backend and the threads."""
+    """What ``cxr.inference.load_predictor`` takes from the config: backend, precision, threads."""
     from cxr.inference import ThreadSettings
 
     return {
         "backend": config["INFERENCE_BACKEND"],
+        "precision": config["INFERENCE_PRECISION"],
         "threads": ThreadSettings.resolve(
             intra_op=config["INFERENCE_INTRA_OP_THREADS"], inter_op=config["INFERENCE_INTER_OP_THREADS"],
             spin=config["INFERENCE_SPIN"], concurrency=config["INFERENCE_CONCURRENCY"]),

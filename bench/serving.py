@@ -20,6 +20,9 @@ In one run, on one machine, with a real model and real X-rays it measures:
 7. the input gate's cost (issue 12): two servers side by side, the model with its gate and
    the same files without the gate's artefacts, one client alternating single requests
    between them; the p50 of each and the ratio (``--gate-only`` runs just this);
+9. the cost of operating it (issue 23): two servers side by side, one with Prometheus recording
+   and one JSON request-log line per request (as on App Engine), one with neither, one client
+   alternating single requests between them (``--ops-only`` runs just this);
 
 then prints a table and the ratios HTTP p50 / bare forward, baseline / ours and forward /
 compute floor (ResNet50 ~8.2 GFLOP at 224 px, scaled by (size/224)^2, over the cores' peak).
@@ -54,6 +57,7 @@ DEFAULT_DATA_DIR = ROOT.parent / "shared" / "data" / "cxr"
 RESNET50_GFLOP_224 = 8.2
 PEAK_GFLOPS_PER_CORE = 78.0  # one Zen core, AVX2 FMA at ~2.45 GHz, float32 (measured ~74-92 with numpy)
 BACKENDS = ("onnx", "tensorflow")
+PRECISIONS = ("fp32", "int8")  # issue 22: the ONNX export and its guarded int8 twin
 BATCH_SIZES = (1, 4, 8, 16)  # files per /predict/batch request (BATCH_MAX_FILES defaults to 16)
 TARGETS = {
     "http_p50_over_forward": 1.25,
@@ -61,6 +65,10 @@ TARGETS = {
     "baseline_over_ours": 5.0,
     "c16_throughput_over_forward_rate": 0.85,
     "gate_p50_cost": 0.10,
+    "ops_p50_cost": 0.05,  # issue 23: metrics + JSON request logs
+    "int8_p50_speedup": 1.5,  # fp32 /predict p50 over int8's, same run
+    "int8_test_auc_drop": 0.005,
+    "int8_test_flip_share": 0.01,
     "ready_s": {"onnx": 5.0, "tensorflow": 20.0},
     "worker_rss_mb": {"onnx": 500.0, "tensorflow": 1200.0},
 }
@@ -145,14 +153,14 @@ def machine() -> dict:
 
 
 # ----------------------------------------------------------------------------- children
-def child_forward(model: str, backend: str, images: list[str], repeats: int) -> dict:
-    """Runs in its own process: load one backend, time forward and preprocess per image."""
+def child_forward(model: str, backend: str, images: list[str], repeats: int, precision: str = "auto") -> dict:
+    """Runs in its own process: load one backend (and precision), time forward and preprocess per image."""
     import numpy as np
 
     started = time.perf_counter()
     from cxr.inference import load_predictor
 
-    predictor = load_predictor(model, backend=backend)
+    predictor = load_predictor(model, backend=backend, precision=precision)
     load_s = time.perf_counter() - started
     payloads = [Path(p).read_bytes() for p in images]
     arrays = [predictor.prepare(b).array for b in payloads]
@@ -171,6 +179,7 @@ def child_forward(model: str, backend: str, images: list[str], repeats: int) -> 
     probs = predictor.forward(np.stack(arrays))
     return {
         "backend": predictor.backend,
+        "precision": predictor.precision,
         "input_size": predictor.input_size,
         "load_s": round(load_s, 2),
         "forward": summary_ms(forward),
@@ -437,8 +446,6 @@ def http_bench(model: str, backend: str, payloads: list[bytes], seconds: float, 
 def gate_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, ready_timeout: float = 180) -> dict:
     """[7] /predict p50 with and without the input gate, paired: two servers (the second serves
     the same files minus ``<model>.gate.*``), one client alternating requests between them."""
-    import http.client
-
     from cxr.gate import gate_paths
 
     if not all(p.is_file() for p in gate_paths(model)):
@@ -456,26 +463,155 @@ def gate_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, 
                      for s in (gated, ungated)]
             if flags != [True, False]:
                 raise RuntimeError(f"gate bench: expected input_gate true/false, the servers say {flags}")
-            bodies = [multipart([("xray.jpg", p)]) for p in payloads]
-            connections = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=120) for s in (gated, ungated)]
-            latencies: list[list[float]] = [[], []]
-            errors = 0
-            deadline, i = time.perf_counter() + 2 * seconds + 2.0, 0
-            while time.perf_counter() < deadline:
-                body, content_type = bodies[i % len(bodies)]
-                for k in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate who goes first
-                    t0 = time.perf_counter()
-                    connections[k].request("POST", "/predict", body=body, headers={"Content-Type": content_type})
-                    response = connections[k].getresponse()
-                    response.read()
-                    if response.status != 200:
-                        errors += 1
-                    if i >= 4:  # the first rounds warm both servers
-                        latencies[k].append((time.perf_counter() - t0) * 1000)
-                i += 1
+            latencies, errors = alternate((gated, ungated), payloads, 2 * seconds + 2.0)
     with_gate, without = summary_ms(latencies[0]), summary_ms(latencies[1])
     return {"backend": backend, "with_gate": with_gate, "without_gate": without, "errors": errors,
             "p50_cost": round(with_gate["median_ms"] / without["median_ms"] - 1, 4)}
+
+
+# Issue 23: "on" records the Prometheus metrics and writes one JSON log line per request (as on
+# App Engine); "off" does neither (METRICS=false, and the request log below LOG_LEVEL).
+OPS_ON = {"METRICS": "true", "LOG_FORMAT": "json", "LOG_LEVEL": "info"}
+OPS_OFF = {"METRICS": "false", "LOG_FORMAT": "text", "LOG_LEVEL": "warning"}
+
+
+def ops_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, ready_timeout: float = 180) -> dict:
+    """[9] /predict p50 with metrics + JSON request logs on and off, paired as [7]: two servers, one
+    client alternating requests between them."""
+    with Server(str(model), backend, extra_env=OPS_ON) as on, Server(str(model), backend, extra_env=OPS_OFF) as off:
+        on.launch(ready_timeout), off.launch(ready_timeout)
+        latencies, errors = alternate((on, off), payloads, 2 * seconds + 2.0)
+        logged = on.log_text().count('"logger": "cxr.access"')
+    with_ops, without = summary_ms(latencies[0]), summary_ms(latencies[1])
+    return {"backend": backend, "on": with_ops, "off": without, "errors": errors, "json_log_lines": logged,
+            "p50_cost": round(with_ops["median_ms"] / without["median_ms"] - 1, 4)}
+
+
+def ops_section(results: dict) -> list[str]:
+    o = results.get("ops")
+    if not o:
+        return []
+    on, off = o["on"], o["off"]
+    return [
+        "## Metrics and JSON request logs (issue 23)",
+        "",
+        f"`POST /predict` p50 with Prometheus recording and JSON request logs on ({OPS_ON}) against off "
+        f"({OPS_OFF}), {o['backend']}: two servers started as `make run` starts them, one client alternating "
+        f"single requests between them. The first wrote {o['json_log_lines']} JSON access lines.",
+        "",
+        "| server | requests | p50 | p95 |",
+        "|---|---|---|---|",
+        f"| metrics + JSON logs | {on['n']} | {on['median_ms']:.1f} ms | {on['p95_ms']:.1f} ms |",
+        f"| neither | {off['n']} | {off['median_ms']:.1f} ms | {off['p95_ms']:.1f} ms |",
+        "",
+        f"p50 cost: {o['p50_cost'] * 100:+.1f}% (target: at most {TARGETS['ops_p50_cost'] * 100:.0f}%).",
+        "",
+    ]
+
+
+def ops_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float],
+             out_dir: Path) -> int:
+    """``--ops-only``: the metrics + logs comparison alone, kept as 'ops_run' in results.json."""
+    log(f"[9] metrics + JSON logs on/off: /predict alternating for {2 * results['seconds']:g} s, {backend} ...")
+    results["command"] += " --ops-only"
+    results["ops"] = ops_cost(model, backend, payloads, results["seconds"])
+    json_path = merge_results(out_dir, "ops_run", results, load_before)
+    print("\n".join(ops_section(results)))
+    print(f"updated {json_path}")
+    return 0
+
+
+def alternate(servers, payloads: list[bytes], seconds: float, warm_rounds: int = 4) -> tuple[list[list[float]], int]:
+    """One client posts each X-ray to every server in turn (who goes first alternates) for
+    ``seconds``: both meet the same load on a shared machine. Latencies in ms per server, and
+    the count of non-200 answers."""
+    import http.client
+
+    bodies = [multipart([("xray.jpg", p)]) for p in payloads]
+    connections = [http.client.HTTPConnection("127.0.0.1", s.port, timeout=120) for s in servers]
+    latencies: list[list[float]] = [[] for _ in servers]
+    errors = 0
+    deadline, i = time.perf_counter() + seconds, 0
+    while time.perf_counter() < deadline:
+        body, content_type = bodies[i % len(bodies)]
+        order = list(range(len(servers)))
+        for k in (order if i % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            connections[k].request("POST", "/predict", body=body, headers={"Content-Type": content_type})
+            response = connections[k].getresponse()
+            response.read()
+            if response.status != 200:
+                errors += 1
+            if i >= warm_rounds:  # the first rounds warm every server
+                latencies[k].append((time.perf_counter() - t0) * 1000)
+        i += 1
+    for connection in connections:
+        connection.close()
+    return latencies, errors
+
+
+def child_accuracy(model: str) -> dict:
+    """[8] fp32 export against its int8 twin on every siim val and test image: AUC both ways and
+    decisions changed at the default operating point (``model_training.quantize``'s guard)."""
+    from dataclasses import asdict
+
+    from cxr.calibration import DecisionRule
+    from cxr.metadata import read_metadata
+    from cxr.onnx_status import int8_path, onnx_path
+    from model_training.quantize import DEFAULT_DATA_DIR, check, load_split, run_graph
+
+    metadata = read_metadata(model)
+    rule, size = DecisionRule.from_metadata(metadata), int(metadata["input_size"])
+    out = {}
+    for split in ("val", "test"):
+        x, y = load_split(DEFAULT_DATA_DIR / split, size)
+        guard = check(y, run_graph(onnx_path(model), x), run_graph(int8_path(model), x), rule, split=f"siim {split}")
+        out[split] = asdict(guard)
+    return out
+
+
+def precision_compare(model: Path, payloads: list[bytes], images: list[str], seconds: float, repeats: int,
+                      ready_timeout: float = 180) -> dict:
+    """[8] fp32 against int8 (issue 22), ONNX Runtime: bare forward in fresh processes; two servers
+    as ``make run`` starts them, one per precision, one client alternating between them (p50/p95);
+    then each alone at c=8 (throughput, p95) with its workers' peak RSS; and accuracy on siim."""
+    from cxr.onnx_status import int8_status
+
+    valid, reason = int8_status(model)
+    if not valid:
+        return {"skipped": reason}
+    out: dict = {"forward": {}, "http": {}}
+    for precision in PRECISIONS:
+        out["forward"][precision] = run_child(["--child", "forward", str(model), "onnx", precision, str(repeats),
+                                               *images])
+    servers = [Server(str(model), "onnx", {"INFERENCE_PRECISION": p}) for p in PRECISIONS]
+    try:
+        for server in servers:
+            server.launch(ready_timeout)
+        served = [__import__("requests").get(s.url + "/readyz", timeout=5).json()["model"]["precision"]
+                  for s in servers]
+        if served != list(PRECISIONS):
+            raise RuntimeError(f"precision bench: expected {PRECISIONS}, the servers say {served}")
+        latencies, errors = alternate(servers, payloads, 2 * seconds + 2.0)
+        for precision, samples in zip(PRECISIONS, latencies):
+            c1 = summary_ms(samples)
+            out["http"][precision] = {"c1": {"p50_ms": c1["median_ms"], "p95_ms": c1["p95_ms"], "n": c1["n"]},
+                                      "c1_errors": errors}
+        for precision, server in zip(PRECISIONS, servers):
+            out["http"][precision]["c8"] = load(server.url, payloads, 8, seconds)
+            out["http"][precision]["worker_peak_rss_mb"] = round(max(server.worker_peak_rss.values(), default=0), 1)
+    finally:
+        for server in servers:
+            server.stop()
+    out["accuracy"] = run_child(["--child", "accuracy", str(model)], timeout=1200)
+    fp32, int8 = out["http"]["fp32"], out["http"]["int8"]
+    test = out["accuracy"]["test"]
+    out["int8_p50_speedup"] = round(fp32["c1"]["p50_ms"] / int8["c1"]["p50_ms"], 2)
+    out["int8_forward_speedup"] = round(out["forward"]["fp32"]["forward"]["median_ms"]
+                                        / out["forward"]["int8"]["forward"]["median_ms"], 2)
+    out["test_auc_drop"] = round(test["auc_fp32"] - test["auc_int8"], 4)
+    out["test_flip_share"] = round(test["flips"] / test["images"], 4)
+    return out
 
 
 # ----------------------------------------------------------------------------- model
@@ -598,6 +734,8 @@ def markdown(results: dict) -> str:
     ]
     lines += batch_section(results)
     lines += gate_section(results)
+    lines += ops_section(results)
+    lines += precision_section(results)
     lines += [
         "## Targets (issue 5)",
         "",
@@ -675,6 +813,41 @@ def gate_section(results: dict) -> list[str]:
     ]
 
 
+def precision_section(results: dict) -> list[str]:
+    p = results.get("precision")
+    if not p:
+        return []
+    if "skipped" in p:
+        return ["## int8 against fp32 (issue 22)", "", f"Not measured: {p['skipped']}.", ""]
+    lines = [
+        "## int8 against fp32 (issue 22)",
+        "",
+        "The ONNX export and its int8 twin (`model_training.quantize`), each served by a server started as "
+        "`make run` starts it with `INFERENCE_PRECISION` set; one client alternates single `/predict` requests "
+        "between them (p50/p95), then each alone takes eight clients (throughput). Bare forward passes in fresh "
+        "processes. Accuracy on every siim val and test image, at the default operating point.",
+        "",
+        "| precision | bare forward median | `/predict` p50 | p95 | c=8 throughput, p95 | worker peak RSS |",
+        "|---|---|---|---|---|---|",
+    ]
+    for precision in PRECISIONS:
+        f, h = p["forward"][precision], p["http"][precision]
+        lines.append(f"| {precision} | {f['forward']['median_ms']:.1f} ms | {h['c1']['p50_ms']:.1f} ms | "
+                     f"{h['c1']['p95_ms']:.1f} ms | {h['c8']['throughput_rps']:.1f} req/s, {h['c8']['p95_ms']:.0f} ms "
+                     f"| {h['worker_peak_rss_mb']:.0f} MB |")
+    lines += ["", "| siim split | images | AUC fp32 | AUC int8 | decisions changed | largest P(Covid) change |",
+              "|---|---|---|---|---|---|"]
+    for split in ("val", "test"):
+        a = p["accuracy"][split]
+        lines.append(f"| {split} | {a['images']} | {a['auc_fp32']:.4f} | {a['auc_int8']:.4f} | {a['flips']} "
+                     f"({a['flips'] / a['images']:.1%}) | {a['max_abs_diff']:.3f} |")
+    lines += ["", f"int8 `/predict` p50 speed-up: {p['int8_p50_speedup']}x (bare forward {p['int8_forward_speedup']}x; "
+              f"target at least {TARGETS['int8_p50_speedup']}x); siim test AUC drop {p['test_auc_drop']:+.4f} "
+              f"(target at most {TARGETS['int8_test_auc_drop']}); decisions changed on "
+              f"{p['test_flip_share']:.1%} of siim test (target at most {TARGETS['int8_test_flip_share']:.0%}).", ""]
+    return lines
+
+
 def check_targets(results: dict) -> list[str]:
     r, out = results["ratios"], []
 
@@ -693,6 +866,17 @@ def check_targets(results: dict) -> list[str]:
     if "p50_cost" in gate:
         verdict("input gate /predict p50 cost", gate["p50_cost"], TARGETS["gate_p50_cost"])
         verdict("HTTP errors (gate bench)", gate["errors"], 0)
+    ops = results.get("ops") or {}
+    if "p50_cost" in ops:
+        verdict("metrics + JSON logs /predict p50 cost", ops["p50_cost"], TARGETS["ops_p50_cost"])
+        verdict("HTTP errors (metrics + logs bench)", ops["errors"], 0)
+    precision = results.get("precision") or {}
+    if "int8_p50_speedup" in precision:
+        verdict("int8 /predict p50 speed-up over fp32", precision["int8_p50_speedup"], TARGETS["int8_p50_speedup"],
+                True)
+        verdict("int8 siim test AUC drop", precision["test_auc_drop"], TARGETS["int8_test_auc_drop"])
+        verdict("int8 siim test decisions changed (share)", precision["test_flip_share"],
+                TARGETS["int8_test_flip_share"])
     for backend, h in results["http"].items():
         verdict(f"ready s ({backend})", h["ready_s"], TARGETS["ready_s"].get(backend, 20.0))
         verdict(f"worker peak RSS MB ({backend})", h["worker_peak_rss_mb"], TARGETS["worker_rss_mb"].get(backend, 1200))
@@ -805,6 +989,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gate-only", action="store_true",
                    help="only the input gate's cost (issue 12), on the first backend: updates results.json's "
                         "'gate_run' and the gate section of RESULTS.md")
+    p.add_argument("--ops-only", action="store_true",
+                   help="only the cost of metrics + JSON request logs (issue 23), on the first backend: updates "
+                        "results.json's 'ops_run'")
     p.add_argument("--quick", action="store_true", help="seconds, for CI: ONNX only, 1 s per level, 2 images")
     p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -853,9 +1040,12 @@ def main(argv=None) -> int:
         return batch_only(results, model, backends[0], payloads, load_before, out_dir)
     if args.gate_only:
         return gate_only(results, model, backends[0], payloads, load_before, out_dir)
+    if args.ops_only:
+        return ops_only(results, model, backends[0], payloads, load_before, out_dir)
     for backend in backends:
         log(f"[1-2] bare forward + preprocess, {backend} ...")
-        results["forward"][backend] = run_child(["--child", "forward", str(model), backend, str(args.repeats), *images])
+        results["forward"][backend] = run_child(["--child", "forward", str(model), backend, "auto", str(args.repeats),
+                                                 *images])
     log("[4] naive baseline (Keras model.predict x3 per image) ...")
     results["baseline"] = run_child(["--child", "baseline", str(model), "3", *images[: max(1, len(images) // 2)]])
     for backend in backends:
@@ -870,6 +1060,11 @@ def main(argv=None) -> int:
                                                 extra_env=ALT_LAYOUT)
     log(f"[7] input gate: /predict with and without it, {backends[0]}, alternating for {2 * args.seconds:g} s ...")
     results["gate"] = gate_cost(model, backends[0], payloads, args.seconds)
+    log(f"[9] metrics + JSON logs on/off: /predict alternating for {2 * args.seconds:g} s, {backends[0]} ...")
+    results["ops"] = ops_cost(model, backends[0], payloads, args.seconds)
+    if "onnx" in backends:
+        log(f"[8] fp32 against int8: forward, /predict alternating for {2 * args.seconds:g} s, c=8, siim AUC ...")
+        results["precision"] = precision_compare(model, payloads, images, args.seconds, args.repeats)
     results["load_average"] = {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]}
     results["ratios"] = ratios(results)
     results["targets"] = check_targets(results)
@@ -879,12 +1074,14 @@ def main(argv=None) -> int:
 
 
 def child_main(child: list[str]) -> int:
-    """``--child forward MODEL BACKEND REPEATS IMAGE...`` or ``--child baseline MODEL PREDICTS IMAGE...``:
-    one measurement in a fresh process, printed as one JSON line."""
+    """``--child forward MODEL BACKEND PRECISION REPEATS IMAGE...``, ``--child accuracy MODEL`` or
+    ``--child baseline MODEL PREDICTS IMAGE...``: one measurement in a fresh process, printed as one JSON line."""
     kind, model, *rest = child
     if kind == "forward":
-        backend, repeats, *images = rest
-        print(json.dumps(child_forward(model, backend, images, int(repeats))))
+        backend, precision, repeats, *images = rest
+        print(json.dumps(child_forward(model, backend, images, int(repeats), precision)))
+    elif kind == "accuracy":
+        print(json.dumps(child_accuracy(model)))
     else:
         predicts, *images = rest
         print(json.dumps(child_baseline(model, images, int(predicts))))

@@ -101,8 +101,13 @@ class Guard:
 
 
 def quantize_twin(model_path: str | Path, *, data_dir: str | Path | None = None,
-                  recipes: tuple[str, ...] = DEFAULT_RECIPES, log=print) -> Path | None:
-    """Make ``<model>.int8.onnx`` from the current fp32 export; None when no recipe passed the guard."""
+                  recipes: tuple[str, ...] = DEFAULT_RECIPES, calibration_per_class: int = CALIBRATION_PER_CLASS,
+                  guard_per_class: int | None = None, limits: tuple[float, float] = (MAX_AUC_DROP, MAX_FLIP_SHARE),
+                  log=print) -> Path | None:
+    """Make ``<model>.int8.onnx`` from the current fp32 export; None when no recipe passed the guard.
+
+    ``guard_per_class`` (default: every val image) and ``limits`` (AUC drop, share of decisions
+    changed) exist for tests; the export uses the defaults."""
     model_path = Path(model_path)
     source_sha = sha256_file(model_path)
     valid, reason = export_status(model_path, source_sha)
@@ -117,9 +122,9 @@ def quantize_twin(model_path: str | Path, *, data_dir: str | Path | None = None,
     size = int(metadata["input_size"])
     rule = DecisionRule.from_metadata(metadata)
 
-    log(f"int8: reading {2 * CALIBRATION_PER_CLASS} siim train images (calibration) and siim val (guard) ...")
-    calibration, _ = _load_split(data_dir / "train", size, per_class=CALIBRATION_PER_CLASS)
-    val_x, val_y = _load_split(data_dir / "val", size)
+    log(f"int8: reading {2 * calibration_per_class} siim train images (calibration) and siim val (guard) ...")
+    calibration, _ = load_split(data_dir / "train", size, per_class=calibration_per_class)
+    val_x, val_y = load_split(data_dir / "val", size, per_class=guard_per_class)
     fp32 = onnx_path(model_path)
     p_fp32 = run_graph(fp32, val_x)
 
@@ -131,7 +136,7 @@ def quantize_twin(model_path: str | Path, *, data_dir: str | Path | None = None,
             recipe = RECIPES[name]
             candidate = Path(work) / f"{name}.onnx"
             excluded = _quantize(prepared, candidate, calibration, recipe)
-            guard = check(val_y, p_fp32, run_graph(candidate, val_x), rule)
+            guard = check(val_y, p_fp32, run_graph(candidate, val_x), rule, limits=limits)
             attempts.append({"recipe": asdict(recipe), "fp32_nodes": excluded, "guard": asdict(guard)})
             log(f"int8 recipe {name}: {'passed' if guard.passed else 'rejected'}: {guard.why}")
             if guard.passed:
@@ -151,7 +156,7 @@ def quantize_twin(model_path: str | Path, *, data_dir: str | Path | None = None,
         "onnx": graph.name if passed else None,
         "onnx_sha256": sha256_file(graph) if passed else None,
         "quantization": {"format": "QDQ", "weights": "int8, per channel", "activations": "uint8",
-                         "calibration": f"{2 * CALIBRATION_PER_CLASS} siim train images (seed {CALIBRATION_SEED})",
+                         "calibration": f"{2 * calibration_per_class} siim train images (seed {CALIBRATION_SEED})",
                          "data_dir": str(data_dir)},
         "recipe": attempts[-1]["recipe"]["name"],
         "guard": attempts[-1]["guard"],
@@ -180,7 +185,8 @@ def twin_is_settled(model_path: str | Path) -> bool:
     return record.get("source_sha256") == sha256_file(model_path) and not record["guard"]["passed"]
 
 
-def check(y, p_fp32, p_int8, rule: DecisionRule, split: str = "siim val") -> Guard:
+def check(y, p_fp32, p_int8, rule: DecisionRule, split: str = "siim val",
+          limits: tuple[float, float] = (MAX_AUC_DROP, MAX_FLIP_SHARE)) -> Guard:
     """The guard's figures: AUC both ways and decisions changed at the default operating point."""
     from sklearn.metrics import roc_auc_score
 
@@ -190,7 +196,8 @@ def check(y, p_fp32, p_int8, rule: DecisionRule, split: str = "siim val") -> Gua
                  auc_int8=round(float(roc_auc_score(y, p_int8)), 5),
                  flips=int(((c32 >= point.threshold) != (c8 >= point.threshold)).sum()),
                  max_abs_diff=round(float(np.abs(c8 - c32).max()), 5),
-                 operating_point=point.name, threshold=point.threshold)
+                 operating_point=point.name, threshold=point.threshold, max_auc_drop=limits[0],
+                 max_flip_share=limits[1])
 
 
 def run_graph(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
@@ -204,7 +211,8 @@ def run_graph(path: Path, images: np.ndarray, batch: int = 32) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-def _load_split(folder: Path, size: int, per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def load_split(folder: Path, size: int, per_class: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Preprocessed images and labels (1 = Covid) of a siim-layout split; ``per_class``: a seeded sample."""
     from cxr.preprocessing import load_image_file
 
     images, labels = [], []

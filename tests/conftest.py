@@ -45,6 +45,20 @@ def shipped_predictor():
 
 
 @pytest.fixture(scope="session")
+def shipped_runtime() -> Path:
+    """The shipped model with its ONNX export and int8 twin, as ``make model-runtime`` leaves it
+    (a no-op when current; a clean clone builds them once, about a minute)."""
+    import subprocess
+    import sys
+
+    model = ROOT / "models" / "covid_resnet50.h5"
+    result = subprocess.run([sys.executable, "-m", "model_training.export", "--model", str(model), "--if-missing"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return model
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, data_dir) -> Path:
     """Train a real 64 px ResNet50 for one epoch on 64 real images with the project's CLI."""
     from model_training import train

@@ -24,7 +24,7 @@ from tests.deploy_support import cached_venv
 from tests.gate_inputs import sample_photos
 from tests.test_dicom import make_dicom
 from tests.web_support import ROOT, GunicornServer
-from tests.xray_inputs import gray_image, truncated
+from tests.xray_inputs import gray_image, random_bytes, truncated
 
 pytestmark = pytest.mark.slow
 SIZE_LIMIT_MB = 400  # the issue's target for the serving virtualenv
@@ -51,7 +51,7 @@ def test_serving_env_is_small_and_has_no_training_stack(serve_venv):
 
 
 def _requests(sample_xrays) -> dict[str, tuple[str, bytes, dict]]:
-    """name -> (path and query, body, headers): X-rays, a DICOM, a heatmap, a photograph, a broken file."""
+    """name -> (path and query, body, headers): X-rays, a DICOM, a heatmap, a photograph, broken files."""
     xrays = sample_xrays["covid"][:2] + sample_xrays["normal"][:2]
     out = {p.name: ("/predict", p.read_bytes(), {"Content-Type": "image/jpeg"}) for p in xrays}
     out["high_sensitivity"] = ("/predict?operating_point=high_sensitivity", xrays[0].read_bytes(),
@@ -61,6 +61,7 @@ def _requests(sample_xrays) -> dict[str, tuple[str, bytes, dict]]:
     out["explain"] = ("/predict?explain=true", xrays[2].read_bytes(), {"Content-Type": "image/jpeg"})
     out["photo"] = ("/predict", sample_photos()["china.jpg"], {"Content-Type": "image/jpeg"})
     out["truncated"] = ("/predict", truncated(xrays[3].read_bytes()), {"Content-Type": "image/jpeg"})
+    out["garbage"] = ("/predict", random_bytes(), {"Content-Type": "application/octet-stream"})
     return out
 
 
@@ -91,7 +92,8 @@ def test_serving_env_answers_like_the_full_env(serve_venv, shipped_runtime, samp
         assert lean_body["in_distribution"] == full_body["in_distribution"], name
         assert lean_body["operating_point"] == full_body["operating_point"], name
         assert lean_body["model"] == full_body["model"], name
-    assert lean_answers["photo"][0] == 422 and lean_answers["truncated"][0] == 400
+    assert lean_answers["photo"][1]["error"]["code"] == "not_a_chest_xray"
+    assert lean_answers["garbage"][1]["error"]["code"] in ("not_an_image", "undecodable_image")
     assert lean_answers["dicom"][0] == 200 and lean_answers["explain"][1]["heatmap_png"]
     assert lean_answers["high_sensitivity"][1]["operating_point"] == "high_sensitivity"
 
