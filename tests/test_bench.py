@@ -40,3 +40,6 @@ def test_bench_quick_runs(tiny_onnx_model, tmp_path, data_dir):
     assert "Load average" in report and results["machine"]["cpu"] in report
     assert "## Batch prediction (issue 13)" in report and "\n| 16 | " in report
     assert "batch_b16_over_single_c1" in results["ratios"]
+    ops = results["ops"]  # metrics + JSON logs on against off (issue 23)
+    assert ops["errors"] == 0 and ops["json_log_lines"] > 0 and ops["on"]["n"] == ops["off"]["n"] > 0, ops
+    assert "## Metrics and JSON request logs (issue 23)" in report
