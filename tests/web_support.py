@@ -72,7 +72,9 @@ class GunicornServer:
 
     def __init__(self, model_path, log_path: Path | None = None, workers: int | None = 1, threads: int | None = 2,
                  extra_env=None, *, start: bool = True, python: str | Path | None = None):
-        self.python = str(python or sys.executable)  # another virtualenv's python: the lean serving one
+        # Another virtualenv's python: the lean serving one. CXR_SERVE_PYTHON runs every server
+        # test from it (README, "int8 inference ...": which suites were run that way).
+        self.python = str(python or os.environ.get("CXR_SERVE_PYTHON") or sys.executable)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.workers = workers
