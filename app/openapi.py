@@ -295,7 +295,7 @@ def openapi_document(config, operating_points: list[str] | None = None) -> dict:
                 f"Content-Type). One request body is at most {max_mb:g} MB (`MAX_UPLOAD_MB`); a batch holds "
                 f"at most {max_files} files (`BATCH_MAX_FILES`) and {batch_mb:g} MB (`BATCH_MAX_MB`). "
                 "Every error is `{\"error\": {\"code\", \"message\"}}` with a stable `code`; every response "
-                "carries `X-Request-ID` (the client's, when it sent a plain token), which the request log records. "
+                "carries `X-Request-ID` (the client's, when it sent a UUID or hex id), which the request log records. "
                 + ("An API key is required for the classifying routes." if key_required else
                    "No API key is configured on this server; when `API_KEY` is set, the classifying "
                    "routes require it.")

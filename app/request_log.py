@@ -6,9 +6,11 @@ operating point, plus the model's sha256 prefix. Built only from these fields, n
 file name, form field, upload byte, DICOM tag or the raw path (``route`` is the matched URL
 rule, so a client cannot write free text into the log through it).
 
-The request id comes from ``X-Request-ID`` when the client sends a plain token (letters,
-digits, ``-_.:``, at most 128), else from App Engine's ``X-Cloud-Trace-Context`` (its trace
-id), else it is generated; it is echoed back in ``X-Request-ID``. In JSON each line is one
+The request id comes from ``X-Request-ID`` when the client sends an id in hex (a UUID, or 8 to
+64 hex digits and dashes: what proxies and client libraries generate, and too narrow to spell a
+name, so a client cannot write free text into the log through it), else from App Engine's
+``X-Cloud-Trace-Context`` (its trace id), else it is generated; it is echoed back in
+``X-Request-ID``. In JSON each line is one
 object that Cloud Logging reads as structured: ``severity``, ``message``, ``time`` and, with
 ``GOOGLE_CLOUD_PROJECT`` set, ``logging.googleapis.com/trace`` to group a request's lines.
 """
@@ -24,13 +26,13 @@ import uuid
 
 from flask import g, request
 
-TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+TOKEN = re.compile(r"^[0-9a-fA-F][0-9a-fA-F-]{7,63}$")
 TRACE = re.compile(r"^([0-9a-fA-F]{32})(?:/|$)")
 RECORD_ATTR = "cxr_request"  # the LogRecord attribute that carries a request's fields
 
 
 def request_id() -> str:
-    """This request's id: the client's ``X-Request-ID`` token, App Engine's trace id, or a new one."""
+    """This request's id: the client's hex ``X-Request-ID``, App Engine's trace id, or a new one."""
     rid = g.get("cxr_request_id")
     if rid is None:
         given = request.headers.get("X-Request-ID", "").strip()

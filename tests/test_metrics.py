@@ -22,6 +22,7 @@ from tests.web_support import GunicornServer, cached_app
 
 pytestmark = pytest.mark.slow
 SECRET_NAME = "Jane_Doe_1970-01-01_chest.jpg"
+CLIENT_ID = "3f2a9c1e-7b4d-4e8a-9c0f-1a2b3c4d5e6f"  # a UUID, as client libraries send
 PROBABILITY_EDGES = [round(0.1 * i, 1) for i in range(1, 11)]
 
 
@@ -133,13 +134,15 @@ def test_metrics_count_exactly_what_was_asked_summed_over_two_workers(server, xr
 
 def test_json_request_log_one_object_per_request_and_no_file_name(server, xrays):
     url = server.url
-    given = post(url, xrays[0], **{"X-Request-ID": "client-req-0001"})
-    assert given.status_code == 200 and given.headers["X-Request-ID"] == "client-req-0001"
+    given = post(url, xrays[0], **{"X-Request-ID": CLIENT_ID})
+    assert given.status_code == 200 and given.headers["X-Request-ID"] == CLIENT_ID
     trace = post(url, xrays[1], **{"X-Cloud-Trace-Context": "0123456789abcdef0123456789ABCDEF/42;o=1"})
     assert trace.headers["X-Request-ID"] == "0123456789abcdef0123456789abcdef"
-    forged = post(url, b"plain text", **{"X-Request-ID": "Jane Doe 1970"})  # not a token: replaced
+    forged = post(url, b"plain text", **{"X-Request-ID": "Jane Doe 1970"})  # not a hex id: replaced
     generated = forged.headers["X-Request-ID"]
     assert forged.status_code == 422 and len(generated) == 32 and "Jane" not in generated
+    named = post(url, xrays[2], **{"X-Request-ID": "Jane_Doe-19700101"})
+    assert named.status_code == 200 and "Jane" not in named.headers["X-Request-ID"]
     health = requests.get(url + "/healthz", timeout=10)
     assert len(health.headers["X-Request-ID"]) == 32
 
@@ -149,8 +152,8 @@ def test_json_request_log_one_object_per_request_and_no_file_name(server, xrays)
     records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     access = {r["request_id"]: r for r in records if r["logger"] == "cxr.access"}
     assert all(Counter(r["request_id"] for r in records if r["logger"] == "cxr.access")[rid] == 1
-               for rid in ("client-req-0001", generated))
-    first = access["client-req-0001"]
+               for rid in (CLIENT_ID, generated))
+    first = access[CLIENT_ID]
     answer = given.json()
     assert {"time", "severity", "method", "route", "status", "duration_ms", "model_sha256"} <= set(first)
     assert (first["method"], first["route"], first["status"]) == ("POST", "/predict", 200)
