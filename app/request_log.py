@@ -10,9 +10,9 @@ The request id comes from ``X-Request-ID`` when the client sends an id in hex (a
 64 hex digits and dashes: what proxies and client libraries generate, and too narrow to spell a
 name, so a client cannot write free text into the log through it), else from App Engine's
 ``X-Cloud-Trace-Context`` (its trace id), else it is generated; it is echoed back in
-``X-Request-ID``. In JSON each line is one
-object that Cloud Logging reads as structured: ``severity``, ``message``, ``time`` and, with
-``GOOGLE_CLOUD_PROJECT`` set, ``logging.googleapis.com/trace`` to group a request's lines.
+``X-Request-ID``. In JSON each line is one object that Cloud Logging reads as structured:
+``severity``, ``message``, ``time`` and, with ``GOOGLE_CLOUD_PROJECT`` set,
+``logging.googleapis.com/trace`` to group a request's lines.
 """
 
 from __future__ import annotations
