@@ -114,3 +114,17 @@ def test_redis_limit_holds_across_two_workers_behind_a_trusted_proxy(tmp_path, x
     finally:
         rc = server.stop()
     assert rc == 0, server.log_text()[-2000:]
+
+
+def test_app_yaml_turns_the_limit_and_json_logs_on_while_make_run_has_none():
+    import yaml
+
+    from app.config import load_config
+    from tests.web_support import ROOT
+
+    deployed = load_config(environ=yaml.safe_load((ROOT / "app.yaml").read_text())["env_variables"])
+    assert (deployed["RATE_LIMIT"], deployed["TRUSTED_PROXIES"], deployed["LOG_FORMAT"]) == ("60/minute", 2, "json")
+    local = load_config(environ={})
+    assert (local["RATE_LIMIT"], local["TRUSTED_PROXIES"], local["RATE_LIMIT_STORAGE_URI"]) == (None, 0, "memory://")
+    with pytest.raises(ValueError, match="RATE_LIMIT"):
+        load_config(environ={"RATE_LIMIT": "lots"})
