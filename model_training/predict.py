@@ -123,11 +123,29 @@ class Progress:
         self.stream.flush()
 
 
+def outcome_row(outcome, class_names) -> dict:
+    """One file's CSV fields (all but ``file``) from its ``Predictor.predict_uploads`` outcome:
+    a :class:`cxr.inference.Prediction`, or the ``InputError`` as ``code: message``. Shared
+    with the Beam pipeline (``model_training.beam_predict``), so both write the same rows."""
+    from cxr.errors import InputError
+
+    if isinstance(outcome, InputError):
+        return {"error": f"{outcome.code}: {outcome}"}
+    covid, normal = (outcome.probabilities[name] for name in class_names)
+    return {"label": outcome.label, "probability_covid": f"{covid:.6f}",
+            "probability_normal": f"{normal:.6f}", "threshold": f"{outcome.threshold:g}",
+            "operating_point": outcome.operating_point,
+            "in_distribution": "" if outcome.in_distribution is None else str(outcome.in_distribution).lower()}
+
+
+def unreadable_row(exc: OSError) -> dict:
+    """The row of a file that could not be read at all (permissions, vanished, I/O error)."""
+    return {"error": f"unreadable_file: {exc.strerror or exc.__class__.__name__}"}
+
+
 def score(predictor, files: list[Path], writer, batch_size: int, progress: Progress,
           operating_point: str | None = None) -> dict:
     """Write one row per file; return counts by outcome."""
-    from cxr.errors import InputError
-
     counts = {"files": len(files), "errors": 0, **{name: 0 for name in predictor.class_names}}
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
@@ -138,21 +156,13 @@ def score(predictor, files: list[Path], writer, batch_size: int, progress: Progr
                 payloads.append(path.read_bytes())
                 rows.append(None)
             except OSError as exc:
-                rows.append({"error": f"unreadable_file: {exc.strerror or exc.__class__.__name__}"})
+                rows.append(unreadable_row(exc))
         outcomes = iter(predictor.predict_uploads(payloads, operating_point))
         for path, row in zip(chunk, rows):
             if row is None:
-                outcome = next(outcomes)
-                if isinstance(outcome, InputError):
-                    row = {"error": f"{outcome.code}: {outcome}"}
-                else:
-                    covid, normal = (outcome.probabilities[name] for name in predictor.class_names)
-                    row = {"label": outcome.label, "probability_covid": f"{covid:.6f}",
-                           "probability_normal": f"{normal:.6f}", "threshold": f"{outcome.threshold:g}",
-                           "operating_point": outcome.operating_point,
-                           "in_distribution": "" if outcome.in_distribution is None
-                           else str(outcome.in_distribution).lower()}
-                    counts[outcome.label] += 1
+                row = outcome_row(next(outcomes), predictor.class_names)
+                if "label" in row:
+                    counts[row["label"]] += 1
             if "error" in row:
                 counts["errors"] += 1
             writer.writerow({"file": str(path), **row})
