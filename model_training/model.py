@@ -22,7 +22,7 @@ from cxr.metadata import CLASS_NAMES, HEAD_LAYER
 from cxr.preprocessing import CAFFE_MEAN_BGR
 
 HEADS = ("flatten", "gap")
-AUGMENTATIONS = ("basic", "robust")
+AUGMENTATIONS = ("basic", "robust", "none")
 IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
@@ -105,7 +105,8 @@ class SourceCueJitter(layers.Layer):
 
 def augmentation(seed: int, flip: bool = False, kind: str = "basic") -> keras.Sequential:
     """Zoom 0.2 plus small affine jitter (rotation, shift) as in the original article;
-    ``robust`` adds :class:`SourceCueJitter` (frames, gamma, contrast) in front.
+    ``robust`` adds :class:`SourceCueJitter` (frames, gamma, contrast) in front; ``none`` is
+    the identity.
 
     Zoom in cuts the borders as a random crop would. Horizontal flip is off unless asked
     for: a flipped chest X-ray puts the heart on the wrong side, an image the model never
@@ -114,6 +115,8 @@ def augmentation(seed: int, flip: bool = False, kind: str = "basic") -> keras.Se
     """
     if kind not in AUGMENTATIONS:
         raise ValueError(f"augmentation must be one of {AUGMENTATIONS}")
+    if kind == "none":  # e.g. the data-parallel test on virtual CPU devices (model_training/distribute.py)
+        return keras.Sequential([layers.Identity()], name="augmentation")
     steps = [SourceCueJitter(seed=seed + 10, name="source_cue_jitter")] if kind == "robust" else []
     steps += [
         layers.RandomZoom(0.2, fill_mode="constant", seed=seed),

@@ -46,10 +46,11 @@ from cxr.preprocessing import PREPROCESSING_MODE
 
 from .cli import log, run_cli
 from .data import BALANCE_MODES, DataError, SplitFiles, disputed_files, list_split, merge_splits, siim_read_cxr_files
+from .distribute import STRATEGIES, Distribution
 from .model import AUGMENTATIONS, WeightsUnavailable
 
 # Settings a resumed run may change; everything else comes from the checkpoint.
-RESUME_OVERRIDABLE = ("epochs", "patience", "out")
+RESUME_OVERRIDABLE = ("epochs", "patience", "out", "distribute")
 # Flags that say how to start, not what to train: not part of the run's recorded settings.
 RUN_CONTROL = ("resume", "restart")
 DEFAULT_DATA_DIR = "../shared/data/siim"
@@ -109,6 +110,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue the run checkpointed in --checkpoint-dir")
     p.add_argument("--restart", action="store_true", help="discard an unfinished checkpoint and start over")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow intra-op threads (0 = all cores)")
+    p.add_argument("--distribute", choices=STRATEGIES, default="none",
+                   help="data-parallel: on the JAX backend, replicate the model on every visible device and "
+                        "split each global --batch-size batch across them (keras.distribution.DataParallel; "
+                        "model_training/distribute.py: learning rate for larger batches, several hosts)")
     args = p.parse_args(argv)
     args.data_dir = args.data_dir or [DEFAULT_DATA_DIR]
     return args
@@ -149,6 +154,7 @@ class TrainConfig:
     resume: bool
     restart: bool
     threads: int
+    distribute: str
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> TrainConfig:
@@ -186,6 +192,7 @@ class Run:
     out: Path
     checkpoint_dir: Path
     state: dict | None
+    distribution: Distribution | None = None  # set by setup_backend
 
     @property
     def first_epoch(self) -> int:
@@ -226,7 +233,7 @@ def train(config: TrainConfig | argparse.Namespace) -> Path:
     if isinstance(config, argparse.Namespace):
         config = TrainConfig.from_args(config)
     run = resolve_run(config)
-    setup_backend(run.config)
+    run.distribution = setup_backend(run.config)
     # Model first: an offline --weights imagenet must fail before minutes of data scanning.
     train_model, classifier = make_model(run)
     splits = read_data(run.config)
@@ -275,9 +282,12 @@ def resolve_run(config: TrainConfig) -> Run:
     return Run(config, out, ckpt_dir, state)
 
 
-def setup_backend(config: TrainConfig) -> None:
-    """Seed every generator; on TensorFlow, set the threads and make ops deterministic."""
+def setup_backend(config: TrainConfig) -> Distribution:
+    """Seed every generator; on TensorFlow, set the threads and make ops deterministic; set the
+    distribution (``--distribute``) before any variable exists."""
     import keras
+
+    from .distribute import setup as setup_distribution
 
     keras.utils.set_random_seed(config.seed)
     if keras.backend.backend() == "tensorflow":  # only then: other backends run without TensorFlow
@@ -286,6 +296,12 @@ def setup_backend(config: TrainConfig) -> None:
         if config.threads:
             tf.config.threading.set_intra_op_parallelism_threads(config.threads)
         tf.config.experimental.enable_op_determinism()
+    distribution = setup_distribution(config.distribute, config.batch_size)
+    if distribution.strategy != "none":
+        log(f"Distribution: {distribution.strategy} over {distribution.devices} {distribution.device_kind} devices "
+            f"({distribution.processes} process{'es' if distribution.processes > 1 else ''}), global batch "
+            f"{distribution.global_batch} = {distribution.per_device_batch} per device")
+    return distribution
 
 
 def make_model(run: Run):
@@ -345,10 +361,15 @@ def make_batches(run: Run, splits: Splits) -> Batches:
     """The datasets: training batches balanced by ``--balance`` from the run's first epoch on,
     validation batches cached (the same images every epoch)."""
     from . import data as data_mod
+    from .distribute import shard_for_process
 
     c, files = run.config, splits.train
     per_epoch = len(data_mod.epoch_order(files.labels, 0, c.seed, c.balance, files.sources))
     batch_size = min(c.batch_size, per_epoch)
+    devices = run.distribution.devices if run.distribution else 1
+    if batch_size % devices:
+        raise ValueError(f"an epoch holds {per_epoch} images: batch {batch_size} does not divide across "
+                         f"{devices} devices (lower --batch-size)")
     steps = data_mod.steps_per_epoch(files.labels, batch_size, c.balance, files.sources)
     train_ds = data_mod.training_dataset(
         files, c.image_size, batch_size, seed=c.seed,
@@ -356,7 +377,7 @@ def make_batches(run: Run, splits: Splits) -> Batches:
     )
     val_ds = data_mod.eval_dataset(splits.val, c.image_size, batch_size, cache=True)
     class_weight = data_mod.class_weights(files.labels) if c.balance == "weights" else None
-    return Batches(train_ds, val_ds, batch_size, steps, class_weight)
+    return Batches(shard_for_process(train_ds), shard_for_process(val_ds), batch_size, steps, class_weight)
 
 
 def compile_for(train_model, config: TrainConfig, steps: int) -> None:
@@ -480,6 +501,7 @@ def sidecar(run: Run, splits: Splits, batches: Batches, history: dict, digest: s
             "monitor": "val_auc",
             "monitored_sources": splits.monitored,
             "backend": keras.backend.backend(),
+            "distribution": run.distribution.record() if run.distribution else None,
         },
         "data": {
             "data_dirs": [str(d) for d in c.data_dir],
