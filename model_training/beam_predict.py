@@ -80,6 +80,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--shards", type=int, default=1,
                    help="CSV files to write: 1 = PREFIX.csv sorted by file; N > 1 or 0 (runner decides) = "
                         "unsorted shards PREFIX-SSSSS-of-NNNNN.csv")
+    p.add_argument("--precision", choices=("auto", "int8", "fp32"), default="auto",
+                   help="auto: the int8 twin when it passed its accuracy guard (as the predict CLI and the app "
+                        "decide), else fp32")
     p.add_argument("--intra-op-threads", type=int, default=0,
                    help="ONNX Runtime threads per worker process (0 = all usable cores; with several "
                         "worker processes on one machine, cores / workers)")
@@ -117,7 +120,8 @@ def visible(path: str, root: str | None) -> bool:
 
 # -- the model: the core's ONNX Runtime predictor inside Beam's RunInference -------------------
 
-MODEL_SUFFIXES = (".h5", ".json", ".onnx", ".onnx.json", ".gate.npz", ".gate.json")
+MODEL_SUFFIXES = (".h5", ".json", ".onnx", ".onnx.json", ".int8.onnx", ".int8.onnx.json", ".gate.npz", ".gate.json")
+OPTIONAL_SUFFIXES = (".int8.onnx", ".int8.onnx.json", ".gate.npz", ".gate.json")
 
 
 def localize_model(model: str, folder: str) -> str:
@@ -128,8 +132,8 @@ def localize_model(model: str, folder: str) -> str:
     stem = model[:-3] if model.endswith(".h5") else model
     for suffix in MODEL_SUFFIXES:
         source = stem + suffix
-        if suffix in (".gate.npz", ".gate.json") and not FileSystems.exists(source):
-            continue  # a model without a gate is served without one, as the app does
+        if suffix in OPTIONAL_SUFFIXES and not FileSystems.exists(source):
+            continue  # no gate or int8 twin: served without them, as the app does
         with FileSystems.open(source) as src, open(os.path.join(folder, "model" + suffix), "wb") as dst:
             while chunk := src.read(1 << 20):
                 dst.write(chunk)
@@ -144,16 +148,19 @@ class CxrModelHandler(ModelHandler):
     fields (``predict.outcome_row``), a decoding error or refusal included.
     """
 
-    def __init__(self, model: str, batch_size: int, operating_point: str | None, intra_op_threads: int = 0):
+    def __init__(self, model: str, batch_size: int, operating_point: str | None, intra_op_threads: int = 0,
+                 precision: str = "auto"):
         # Full batches like the CLI's (Beam's adaptive default starts at 1); a bundle's last is smaller.
         super().__init__(min_batch_size=batch_size, max_batch_size=batch_size)
         self.model, self.operating_point, self.intra_op_threads = model, operating_point, intra_op_threads
+        self.precision = precision
 
     def load_model(self):
         from cxr.inference import ThreadSettings, load_predictor
 
         path = localize_model(self.model, tempfile.mkdtemp(prefix="cxr-model-"))
-        return load_predictor(path, backend="onnx", threads=ThreadSettings.resolve(intra_op=self.intra_op_threads))
+        return load_predictor(path, backend="onnx", threads=ThreadSettings.resolve(intra_op=self.intra_op_threads),
+                              precision=self.precision)
 
     def run_inference(self, batch, model, inference_args=None):
         outcomes = model.predict_uploads(batch, self.operating_point)
@@ -242,7 +249,7 @@ def build(pipeline: beam.Pipeline, args: argparse.Namespace) -> None:
     """match -> read -> RunInference (decode, gate, forward, calibrate) -> CSV rows + summary."""
     pattern, root = input_pattern(args.input)
     handler = KeyedModelHandler(CxrModelHandler(args.model, args.batch_size, args.operating_point,
-                                                args.intra_op_threads))
+                                                args.intra_op_threads, args.precision))
     read = (pipeline
             | "Match" >> fileio.MatchFiles(pattern)
             | "Skip hidden" >> beam.Filter(lambda m: visible(m.path, root))
@@ -273,11 +280,13 @@ def check_model(args: argparse.Namespace) -> None:
         return
     from cxr.calibration import DecisionRule, UnknownOperatingPoint
     from cxr.metadata import read_metadata
-    from cxr.onnx_status import export_status
+    from cxr.onnx_status import export_status, int8_status
 
     valid, reason = export_status(args.model)
     if not valid:
         raise CliError(f"--model {args.model}: no current ONNX export ({reason}); run make model-runtime")
+    if args.precision == "int8" and not (twin := int8_status(args.model))[0]:
+        raise CliError(f"--precision int8: {twin[1]}")
     try:
         DecisionRule.from_metadata(read_metadata(args.model)).operating_point(args.operating_point)
     except UnknownOperatingPoint as exc:
