@@ -145,3 +145,12 @@ def test_a_few_hundred_files_on_two_worker_processes(beam_python, shipped_export
     assert all(r["error"] == "" and r["label"] in ("Covid", "Normal") for r in rows)
     summary = json.loads((tmp_path / "many.summary.json").read_text())
     assert summary["files"] == summary["scored"] == 200
+
+
+def test_the_dataflow_worker_image_recipe_lints_clean():
+    """Dockerfile.beam is not built here (no Docker daemon): hadolint checks the recipe."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), "Dockerfile.beam"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "apache/beam_python3.11_sdk:2.78.0" in (ROOT / "Dockerfile.beam").read_text()
+    assert "apache-beam[gcp]==2.78.0" in (ROOT / "requirements-beam.txt").read_text()
