@@ -453,16 +453,18 @@ def gate_cost(model: Path, backend: str, payloads: list[bytes], seconds: float, 
     with tempfile.TemporaryDirectory(prefix="bench-nogate-") as tmp:
         bare = Path(tmp) / model.name
         stem = str(model)[: -len(model.suffix)]
-        for suffix in (model.suffix, ".json", ".onnx", ".onnx.json"):
+        for suffix in (model.suffix, ".json", ".onnx", ".onnx.json", ".int8.onnx", ".int8.onnx.json"):
             if Path(stem + suffix).is_file():
                 Path(str(bare)[: -len(model.suffix)] + suffix).symlink_to(stem + suffix)
         with Server(str(model), backend) as gated, Server(str(bare), backend) as ungated:
             gated.launch(ready_timeout), ungated.launch(ready_timeout)
             requests = __import__("requests")
-            flags = [requests.get(s.url + "/readyz", timeout=5).json()["model"].get("input_gate")
-                     for s in (gated, ungated)]
+            models = [requests.get(s.url + "/readyz", timeout=5).json()["model"] for s in (gated, ungated)]
+            flags = [m.get("input_gate") for m in models]
             if flags != [True, False]:
                 raise RuntimeError(f"gate bench: expected input_gate true/false, the servers say {flags}")
+            if models[0].get("precision") != models[1].get("precision"):  # the same graph, gate aside
+                raise RuntimeError(f"gate bench: the servers run {[m.get('precision') for m in models]}")
             latencies, errors = alternate((gated, ungated), payloads, 2 * seconds + 2.0)
     with_gate, without = summary_ms(latencies[0]), summary_ms(latencies[1])
     return {"backend": backend, "with_gate": with_gate, "without_gate": without, "errors": errors,
