@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import tests.xray_inputs as X
 from tests.gate_inputs import MODEL, sample_photos
-from tests.web_support import GunicornServer, cached_app
+from tests.web_support import GunicornServer, cached_app, serving
 
 pytestmark = pytest.mark.slow
 SECRET_NAME = "Jane_Doe_1970-01-01_chest.jpg"
@@ -30,12 +30,7 @@ PROBABILITY_EDGES = [round(0.1 * i, 1) for i in range(1, 11)]
 def server(tmp_path_factory):
     srv = GunicornServer(MODEL, tmp_path_factory.mktemp("metrics") / "server.log", workers=2, threads=2,
                          extra_env={"LOG_FORMAT": "json"})
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        rc = srv.stop()
-        assert rc == 0, srv.log_text()[-2000:]
+    yield from serving(srv)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import pytest
 import requests
 
 import tests.xray_inputs as X
-from tests.web_support import ROOT, GunicornServer, cached_app
+from tests.web_support import ROOT, GunicornServer, cached_app, serving
 
 pytestmark = pytest.mark.slow
 SECRET_NAME = "Jane_Doe_1970-01-01_chest.png"
@@ -30,12 +30,7 @@ SECRET_NAME = "Jane_Doe_1970-01-01_chest.png"
 def server(tiny_model, tmp_path_factory):
     srv = GunicornServer(tiny_model, tmp_path_factory.mktemp("gunicorn") / "server.log",
                          workers=2, threads=2)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        rc = srv.stop()
-        assert rc == 0, srv.log_text()[-2000:]
+    yield from serving(srv)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from app.buffering_worker import BODY_TOO_LARGE, COMPLETE, HANDOFF, HEADERS_TOO_LARGE, NEED_MORE, RequestFraming
-from tests.web_support import GunicornServer, TricklingUploads
+from tests.web_support import GunicornServer, TricklingUploads, serving
 
 READ_TIMEOUT = 3.0
 MAX_UPLOAD_MB = 2
@@ -105,12 +105,7 @@ def server(tiny_model, tmp_path_factory):
                          threads=4, extra_env={"REQUEST_READ_TIMEOUT": str(READ_TIMEOUT),
                                                "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
                                                "REQUEST_BUFFER_MB": "1"})
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        rc = srv.stop()
-        assert rc == 0, srv.log_text()[-2000:]
+    yield from serving(srv)
 
 
 @pytest.fixture(scope="module")

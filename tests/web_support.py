@@ -157,6 +157,17 @@ class GunicornServer:
         self.stop()
 
 
+def serving(server: GunicornServer):
+    """For a module fixture: ``yield from serving(GunicornServer(...))`` waits until it is ready,
+    yields it, and on teardown checks that it stopped cleanly (exit 0: a graceful shutdown)."""
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        rc = server.stop()
+        assert rc == 0, server.log_text()[-2000:]
+
+
 class ThreadedServer:
     """The in-process app behind Werkzeug's threaded HTTP server, on a free loopback port."""
 
