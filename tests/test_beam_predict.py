@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.gate_inputs import MODEL, sample_photos
+from tests.gate_inputs import sample_photos
 from tests.xray_inputs import plain_png, text_named_png, truncated
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,14 +34,6 @@ def beam_python() -> Path:
     if not (ROOT / ".venv-beam" / ".beam").exists():
         subprocess.run(["make", "beam-venv"], cwd=ROOT, check=True, timeout=1200)
     return BEAM_PYTHON
-
-
-@pytest.fixture(scope="module")
-def shipped_export() -> Path:
-    """The shipped model with its verified ONNX export (what ``make model-runtime`` builds)."""
-    subprocess.run([sys.executable, "-m", "model_training.export", "--model", str(MODEL), "--if-missing"],
-                   cwd=ROOT, check=True, timeout=900)
-    return MODEL
 
 
 def beam(beam_python, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -85,22 +77,22 @@ def test_help_names_the_pipeline_options(beam_python):
     assert "--input" in result.stdout and "DataflowRunner" in result.stdout and "--direct_num_workers" in result.stdout
 
 
-def test_bad_arguments_exit_2_before_any_pipeline(beam_python, tmp_path, shipped_export):
-    missing = beam(beam_python, "--input", tmp_path / "nowhere", "--output", tmp_path / "o", "--model", shipped_export,
+def test_bad_arguments_exit_2_before_any_pipeline(beam_python, tmp_path, shipped_runtime):
+    missing = beam(beam_python, "--input", tmp_path / "nowhere", "--output", tmp_path / "o", "--model", shipped_runtime,
                    timeout=120)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
     model = tmp_path / "copy.h5"  # a model without its ONNX export
-    shutil.copy(shipped_export, model)
-    shutil.copy(shipped_export.with_suffix(".json"), model.with_suffix(".json"))
+    shutil.copy(shipped_runtime, model)
+    shutil.copy(shipped_runtime.with_suffix(".json"), model.with_suffix(".json"))
     no_export = beam(beam_python, "--input", tmp_path, "--output", tmp_path / "o", "--model", model, timeout=120)
     assert no_export.returncode == 2 and "make model-runtime" in no_export.stderr
 
 
-def test_pipeline_equals_the_predict_cli_row_for_row(beam_python, shipped_export, tmp_path, sample_xrays):
+def test_pipeline_equals_the_predict_cli_row_for_row(beam_python, shipped_runtime, tmp_path, sample_xrays):
     folder = archive(tmp_path / "archive", sample_xrays)
-    cli = predict_cli("--model", shipped_export, "--out", tmp_path / "cli.csv", folder)
+    cli = predict_cli("--model", shipped_runtime, "--out", tmp_path / "cli.csv", folder)
     assert cli.returncode == 0, cli.stderr[-3000:]
-    result = beam(beam_python, "--input", folder, "--output", tmp_path / "beam.csv", "--model", shipped_export)
+    result = beam(beam_python, "--input", folder, "--output", tmp_path / "beam.csv", "--model", shipped_runtime)
     assert result.returncode == 0, result.stderr[-3000:]
     expected, got = rows_by_file(tmp_path / "cli.csv"), rows_by_file(tmp_path / "beam.csv")
     assert set(got) == set(expected) and len(got) == 12 and not any(".hidden" in name for name in got)
@@ -126,7 +118,7 @@ def test_pipeline_equals_the_predict_cli_row_for_row(beam_python, shipped_export
 
 
 @pytest.mark.slow
-def test_a_few_hundred_files_on_two_worker_processes(beam_python, shipped_export, tmp_path):
+def test_a_few_hundred_files_on_two_worker_processes(beam_python, shipped_runtime, tmp_path):
     """``--direct_num_workers 2`` in multi_processing mode finishes with a row per file (the
     speed is measured by bench/archive_scoring.py, never asserted)."""
     folder = tmp_path / "many"
@@ -134,7 +126,7 @@ def test_a_few_hundred_files_on_two_worker_processes(beam_python, shipped_export
     files = sorted(SIIM_TEST.glob("*/*.jpg"))[:200]
     for path in files:
         (folder / path.name).symlink_to(path.resolve())
-    result = beam(beam_python, "--input", folder, "--output", tmp_path / "many", "--model", shipped_export,
+    result = beam(beam_python, "--input", folder, "--output", tmp_path / "many", "--model", shipped_runtime,
                   "--direct_num_workers", "2", "--direct_running_mode", "multi_processing",
                   "--intra-op-threads", "1", "--shards", "2")
     assert result.returncode == 0, result.stderr[-3000:]
