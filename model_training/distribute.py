@@ -51,7 +51,11 @@ class Distribution:
 def setup(strategy: str, global_batch: int) -> Distribution:
     """Set Keras's global distribution (before any model is built); return what was set."""
     if strategy == "none":
-        return Distribution("none", 1, _device_kind(keras.distribution.list_devices()[:1]))
+        try:
+            kind = _device_kind(keras.distribution.list_devices()[:1])
+        except Exception:  # noqa: BLE001 - a backend without Keras's distribution API still trains on one device
+            kind = "unknown"
+        return Distribution("none", 1, kind)
     if keras.backend.backend() != "jax":
         raise ValueError(f"--distribute {strategy} runs on the JAX backend (set KERAS_BACKEND=jax; "
                          f"this process has {keras.backend.backend()})")
