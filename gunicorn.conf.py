@@ -93,12 +93,14 @@ limit_request_line = 4094
 limit_request_fields = 100
 
 # Prometheus (app.metrics): every worker writes its samples into one folder that GET /metrics
-# sums (prometheus-client's multiprocess mode). The variable is set here, in the master, before
-# any worker imports prometheus_client; a fresh folder per server start (an operator's own
+# sums (prometheus-client's multiprocess mode). The variable is set in the master when it starts
+# (on_starting: before any worker forks and imports prometheus_client, and not merely because
+# this file was read, as the tests read it); a fresh folder per server start (an operator's own
 # PROMETHEUS_MULTIPROC_DIR is used as given, and must be empty at start), removed at exit.
-if not _env.get("PROMETHEUS_MULTIPROC_DIR"):  # (a reload reads this file again: keep the folder)
-    _env["PROMETHEUS_MULTIPROC_DIR"] = _env["CXR_OWN_METRICS_DIR"] = tempfile.mkdtemp(prefix="cxr-metrics-")
-os.makedirs(_env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+def on_starting(server):
+    if not _env.get("PROMETHEUS_MULTIPROC_DIR"):
+        _env["PROMETHEUS_MULTIPROC_DIR"] = _env["CXR_OWN_METRICS_DIR"] = tempfile.mkdtemp(prefix="cxr-metrics-")
+    os.makedirs(_env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 def child_exit(server, worker):
@@ -109,5 +111,5 @@ def child_exit(server, worker):
 
 
 def on_exit(server):
-    if _env.get("CXR_OWN_METRICS_DIR") == _env["PROMETHEUS_MULTIPROC_DIR"]:
+    if _env.get("CXR_OWN_METRICS_DIR") == _env.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(_env["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)

@@ -143,7 +143,7 @@ def test_batch_and_form_take_the_operating_point(calibrated, calibrated_client, 
     assert page.status_code == 200
     html = page.get_data(as_text=True)
     assert 'data-testid="operating-point-used">high sensitivity<' in html
-    assert "P(Covid) is calibrated" in html
+    assert "P(Covid) is a calibrated probability" in html
     assert 'name="operating_point"' in calibrated_client.get("/").get_data(as_text=True)
 
 
