@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 
-from flask import Flask, g, request
+from flask import Flask, request
 
-from app.outcomes import answers, error_code
+from app.outcomes import answers, elapsed_seconds, error_code, note_start
 from app.pages import model_state
 from app.request_log import RECORD_ATTR, JsonFormatter, outcome_fields, request_id, route
 
@@ -46,14 +45,12 @@ def install_access_log(app: Flask) -> None:
     """Time each request, echo its id in ``X-Request-ID`` and log it in ``LOG_FORMAT``."""
     as_json = app.config["LOG_FORMAT"] == "json"
 
-    @app.before_request
-    def _start_timer():
-        g._cxr_started = time.perf_counter()
+    app.before_request(note_start)
 
     @app.after_request
     def _log_request(response):
-        started = g.get("_cxr_started")
-        latency_ms = (time.perf_counter() - started) * 1000 if started else -1.0
+        elapsed = elapsed_seconds()
+        latency_ms = elapsed * 1000 if elapsed is not None else -1.0
         rid = request_id()
         response.headers["X-Request-ID"] = rid
         rule = route()

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 
-from flask import Flask, jsonify, make_response, render_template, request
+from flask import Flask, current_app, jsonify, make_response, render_template, request
 from werkzeug.exceptions import HTTPException
 
 from app.outcomes import note_error
 from app.pages import render_index
+from app.security import key_matches, presented_key
 from cxr.errors import InputError
 
 log = logging.getLogger("cxr.errors")
@@ -64,6 +65,15 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.details = details or {}  # extra fields of the JSON error, e.g. the valid choices
+
+
+def require_api_key(form_field: str | None = None) -> None:
+    """401 ``unauthorized`` unless the request presents ``API_KEY`` (when one is set): the
+    prediction routes, the form and ``/metrics`` all ask the same way."""
+    if not key_matches(current_app.config["API_KEY"], presented_key(form_field)):
+        raise ApiError(401, "unauthorized",
+                       "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
+                       {"WWW-Authenticate": 'Bearer realm="cxr-covid"'})
 
 
 def wants_html() -> bool:

@@ -21,9 +21,8 @@ Nothing about an upload is kept beyond these counts; ``/metrics`` requires the A
 from __future__ import annotations
 
 import os
-import time
 
-from flask import Blueprint, Flask, Response, current_app, g
+from flask import Blueprint, Flask, Response
 from prometheus_client import (
     CONTENT_TYPE_PLAIN_0_0_4,
     REGISTRY,
@@ -35,11 +34,10 @@ from prometheus_client import (
     multiprocess,
 )
 
-from app.errors import ApiError
-from app.outcomes import answers, error_code
+from app.errors import require_api_key
+from app.outcomes import answers, elapsed_seconds, error_code
 from app.pages import model_state
 from app.request_log import route
-from app.security import key_matches, presented_key
 
 # Seconds: fine where /predict answers (make bench: p50 ~20 ms alone, p95 ~0.3 s with 16 clients
 # on 2 vCPU), coarse beyond; 1 s is a boundary for the README's p95 alert.
@@ -75,14 +73,10 @@ def record_answers(items: list[dict]) -> None:
             OUT_OF_DISTRIBUTION.inc()
 
 
-def _start_timer() -> None:
-    g._cxr_metrics_started = time.perf_counter()
-
-
 def _record(response):
-    started = g.get("_cxr_metrics_started")
-    if started is not None:
-        REQUEST_DURATION.labels(route(), str(response.status_code)).observe(time.perf_counter() - started)
+    elapsed = elapsed_seconds()  # timed once per request, for the access log too (app.outcomes)
+    if elapsed is not None:
+        REQUEST_DURATION.labels(route(), str(response.status_code)).observe(elapsed)
     record_answers(answers())
     code = error_code()
     if code and 400 <= response.status_code < 500:
@@ -95,7 +89,7 @@ def _note_model() -> None:
     state = model_state()
     if state.ready:
         info = state.predictor.model_info()
-        MODEL_INFO.labels(info["sha256"][:12], str(info["input_size"]), info.get("precision", "fp32"),
+        MODEL_INFO.labels(info["sha256"][:12], str(info["input_size"]), info["precision"],
                           info["backend"]).set(1)
 
 
@@ -111,9 +105,7 @@ def exposition() -> bytes:
 @bp.get("/metrics")
 def metrics():
     """Prometheus text format; with ``API_KEY`` set, only for a request that presents the key."""
-    if not key_matches(current_app.config["API_KEY"], presented_key()):
-        raise ApiError(401, "unauthorized", "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
-                       {"WWW-Authenticate": 'Bearer realm="cxr-covid"'})
+    require_api_key()
     _note_model()
     return Response(exposition(), content_type=CONTENT_TYPE_PLAIN_0_0_4)
 
@@ -122,5 +114,4 @@ def init_app(app: Flask) -> None:
     """The ``/metrics`` route always; the recording hooks unless ``METRICS`` is off."""
     app.register_blueprint(bp)
     if app.config["METRICS"]:
-        app.before_request(_start_timer)
         app.after_request(_record)

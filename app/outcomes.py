@@ -9,7 +9,20 @@ never bytes, file names or form fields.
 
 from __future__ import annotations
 
+import time
+
 from flask import g
+
+
+def note_start() -> None:
+    """When this request began (one ``before_request`` hook, ``app.access_log``): the log's
+    duration and the metrics' latency are the same measurement."""
+    g.cxr_started = time.perf_counter()
+
+
+def elapsed_seconds() -> float | None:
+    started = g.get("cxr_started")
+    return None if started is None else time.perf_counter() - started
 
 
 def note_answers(items: list[dict]) -> None:

@@ -6,12 +6,11 @@ from flask import Blueprint, current_app, jsonify, request
 
 from app.answers import image_answer
 from app.batch import batch_results, read_uploads
-from app.errors import ApiError
+from app.errors import ApiError, require_api_key
 from app.explanations import explain_answer, parse_flag
 from app.openapi import openapi_document
 from app.outcomes import note_answers
 from app.pages import DISCLAIMER, model_state, render_index
-from app.security import key_matches, presented_key
 from cxr.calibration import UnknownOperatingPoint
 from cxr.metadata import CLASS_NAMES
 
@@ -28,13 +27,6 @@ def _predictor():
         raise ApiError(503, "not_ready", f"Service not ready: {reason}. Retry shortly.",
                        {"Retry-After": "5"})
     return state.predictor
-
-
-def _check_api_key(form_field: str | None = None) -> None:
-    if not key_matches(current_app.config["API_KEY"], presented_key(form_field)):
-        raise ApiError(401, "unauthorized",
-                       "A valid API key is required (Authorization: Bearer <key> or X-API-Key).",
-                       {"WWW-Authenticate": 'Bearer realm="cxr-covid"'})
 
 
 def _upload_bytes() -> bytes:
@@ -118,14 +110,14 @@ def index():
 @bp.post("/")
 def index_form():
     """The form without JavaScript: same classification, rendered into the page."""
-    _check_api_key(request.form.get("api_key"))
+    require_api_key(request.form.get("api_key"))
     result = _classify(_upload_bytes())
     return render_index(result=result)
 
 
 @bp.post("/predict")
 def predict():
-    _check_api_key()
+    require_api_key()
     explain = _explain_request()
     data = _upload_bytes()
     if explain is None:
@@ -136,7 +128,7 @@ def predict():
 @bp.post("/predict/batch")
 def predict_batch():
     """Several X-rays (multipart field ``files`` repeated), one forward pass; see ``app.batch``."""
-    _check_api_key()
+    require_api_key()
     if _explain_request() is not None:
         raise ApiError(400, "explain_not_supported", "Heatmaps are not made for batches; "
                        "use POST /predict?explain=true for each image you want explained.")

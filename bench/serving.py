@@ -921,8 +921,6 @@ def merge_results(out_dir: Path, key: str, results: dict, load_before: list[floa
 def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], load_before: list[float],
               out_dir: Path) -> int:
     """``--gate-only``: the gate comparison alone, merged into an existing report."""
-    from cxr.metadata import atomic_path
-
     log(f"[7] input gate: /predict with and without it, {backend}, alternating for {2 * results['seconds']:g} s ...")
     results["command"] += " --gate-only"
     results["gate"] = gate_cost(model, backend, payloads, results["seconds"])
@@ -932,29 +930,27 @@ def gate_only(results: dict, model: Path, backend: str, payloads: list[bytes], l
                       f"{load_before}, after {results['load_average']['after']}: compare within this section only.")
     section.insert(3, "")
     report = out_dir / "RESULTS.md"
-    text = report.read_text() if report.exists() else "# Serving benchmark\n\n"
-    start = text.find("## Input gate (issue 12)")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
-    marker = text.find("## Targets (issue 5)")
     body = "\n".join(section) + "\n"
-    text = text[:marker] + body + text[marker:] if marker >= 0 else text + body
-    with atomic_path(report) as tmp:
-        tmp.write_text(text)
+    write_section(report, "## Input gate (issue 12)", body)
     print(body)
     print(f"updated {json_path} and {report}")
     return 0
 
 
 def write_batch_section(report_path: Path, results: dict) -> str:
-    """Put the batch section of a ``--batch-only`` run into ``report_path`` (replacing an older
-    one, else before the targets) and return it."""
+    """Put the batch section of a ``--batch-only`` run into ``report_path`` and return it."""
+    section = "\n".join(batch_section(results, separate=True))
+    write_section(report_path, "## Batch prediction (issue 13)", section)
+    return section
+
+
+def write_section(report_path: Path, heading: str, section: str) -> None:
+    """Put ``section`` (starting with ``heading``) into the report of a partial run: in place of
+    an older one, else before the targets, else at the end; the rest stays as it is."""
     from cxr.metadata import atomic_path
 
-    section = "\n".join(batch_section(results, separate=True))
     text = report_path.read_text() if report_path.exists() else "# Serving benchmark\n\n"
-    head, marker, rest = text.partition("## Batch prediction (issue 13)")
+    head, marker, rest = text.partition(heading)
     if marker:  # replace the old section, up to the next one
         following = rest.find("\n## ")
         text = head + section + ("\n" + rest[following + 1:] if following >= 0 else "")
@@ -965,7 +961,6 @@ def write_batch_section(report_path: Path, results: dict) -> str:
         text = text.rstrip("\n") + "\n\n" + section
     with atomic_path(report_path) as tmp:
         tmp.write_text(text)
-    return section
 
 
 # ----------------------------------------------------------------------------- main

@@ -36,6 +36,7 @@ from cxr.onnx_status import (
     export_status,
     int8_meta_path,
     int8_path,
+    int8_status,
     onnx_path,
 )
 
@@ -174,15 +175,14 @@ def quantize_twin(model_path: str | Path, *, data_dir: str | Path | None = None,
 
 def twin_is_settled(model_path: str | Path) -> bool:
     """True when this exact model already has a twin record (kept or rejected): nothing to redo."""
-    from cxr.onnx_status import int8_status
-
-    if int8_status(model_path)[0]:
+    sha = sha256_file(model_path)  # once: the .h5 is about 95 MB
+    if int8_status(model_path, sha)[0]:
         return True
     try:
         record = json.loads(int8_meta_path(model_path).read_text())
     except (OSError, ValueError):
         return False
-    return record.get("source_sha256") == sha256_file(model_path) and not record["guard"]["passed"]
+    return record.get("source_sha256") == sha and not record["guard"]["passed"]
 
 
 def check(y, p_fp32, p_int8, rule: DecisionRule, split: str = "siim val",
